@@ -1,0 +1,1 @@
+"""HTTP API (FastAPI): conversations for their owner, health probes."""

@@ -1,0 +1,55 @@
+"""Per-user and per-IP limits, with the `limits` library.
+
+Counters live in memory, or in Redis when REDIS_URL is set so that every node
+of a cluster counts against the same budget. A limit that is hit raises
+`RateLimited` with `retry_after` in seconds, which reaches the client as
+`chat:error {code: "RATE_LIMIT", retryAfter}`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import cast
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+
+from tokenwire.config import Settings
+from tokenwire.errors import RateLimited
+
+__all__ = ["Limits"]
+
+
+class Limits:
+    def __init__(self, settings: Settings) -> None:
+        storage: Storage
+        if settings.redis_url:
+            storage = cast(Storage, storage_from_string("async+" + settings.redis_url))
+        else:
+            storage = MemoryStorage()
+        self._storage = storage
+        self._limiter = MovingWindowRateLimiter(storage)
+        self._chat: RateLimitItem = parse(settings.rate_limit_chat)
+        self._connect: RateLimitItem = parse(settings.connect_rate_per_ip)
+        self._max_streams = settings.max_streams_per_user
+
+    async def check_start(self, user_id: str, running: int) -> None:
+        if running >= self._max_streams:
+            raise RateLimited(
+                f"You already have {running} replies streaming. Wait for one to finish.",
+                retry_after=1,
+            )
+        await self._hit(self._chat, "chat", user_id)
+
+    async def check_connect(self, ip: str) -> None:
+        await self._hit(self._connect, "connect", ip)
+
+    async def _hit(self, item: RateLimitItem, *keys: str) -> None:
+        if await self._limiter.hit(item, *keys):
+            return
+        stats = await self._limiter.get_window_stats(item, *keys)
+        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        raise RateLimited(retry_after=retry_after)

@@ -1,0 +1,364 @@
+"""The chat service: one turn of a conversation, from the user's message to the saved reply.
+
+`start` commits the user's message and an empty `streaming` reply in one
+transaction, announces them, and hands the reply to a task it owns; that task
+pumps the provider's stream into the socket, then saves the reply with its
+final status and emits exactly one final event:
+
+    complete     -> chat:end        (all of it reached the upstream's finish)
+    stopped      -> chat:stopped    (chat:stop, or the conversation was deleted)
+    error        -> chat:error      (upstream failure or timeout)
+    interrupted  -> chat:error      (SERVER_SHUTDOWN: the grace period ran out)
+
+A socket that goes away only detaches: the reply keeps generating and is saved
+whole. The service knows nothing of Socket.IO; it is handed an `Emit`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import aclosing
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from tokenwire.chat.limits import Limits
+from tokenwire.chat.replies import Reply, ReplyRegistry
+from tokenwire.chat.writer import ChunkWriter, Emit
+from tokenwire.config import Settings
+from tokenwire.errors import (
+    Busy,
+    InvalidModel,
+    ServerShutdown,
+    TokenwireError,
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+    error_payload,
+)
+from tokenwire.providers import ChatRequest, Provider, StreamEnd, Usage
+from tokenwire.storage import FinishedReply, MessageStatus, Repository
+from tokenwire.storage.models import utcnow
+from tokenwire.tokens import count_messages, count_text, trim_history
+
+__all__ = ["ChatService", "StartChat", "Started"]
+
+log = logging.getLogger(__name__)
+
+_SAVE_ATTEMPTS = 5
+
+
+@dataclass(slots=True, frozen=True)
+class StartChat:
+    """A validated `chat:start`."""
+
+    message: str
+    conversation_id: str | None = None
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Started:
+    conversation_id: str
+    user_message_id: str
+    message_id: str
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: Settings,
+        repository: Repository,
+        provider: Provider,
+        limits: Limits | None = None,
+    ) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.provider = provider
+        self.limits = limits or Limits(settings)
+        self.replies = ReplyRegistry()
+        self.accepting = True
+        self._system = (
+            [{"role": "system", "content": settings.system_prompt}]
+            if settings.system_prompt
+            else []
+        )
+        self._save_tasks: set[asyncio.Task[None]] = set()
+        self._checkpointer: asyncio.Task[None] | None = None
+
+    # --- turns
+
+    async def start(
+        self, user_id: str, sid: str | None, emit: Emit | None, chat: StartChat
+    ) -> Started:
+        if not self.accepting:
+            raise ServerShutdown("The server is restarting. Please try again in a moment.")
+        if sid is not None and self.replies.for_sid(sid) is not None:
+            raise Busy()
+        model = chat.model or self.settings.default_model
+        if not self.settings.model_allowed(model):
+            raise InvalidModel(f"The model '{model[:100]}' is not available here.")
+        await self.limits.check_start(user_id, self.replies.count_for_user(user_id))
+
+        turn = await self.repository.begin_turn(
+            user_id=user_id, conversation_id=chat.conversation_id, text=chat.message, model=model
+        )
+        if sid is not None and self.replies.for_sid(sid) is not None:
+            # A second chat:start raced this one through the database: the
+            # first one to get here wins; this turn's reply is closed at once.
+            await self._save(
+                turn.assistant_message_id,
+                FinishedReply("", MessageStatus.ERROR, "busy", model, 0, 0),
+            )
+            raise Busy()
+        if emit is not None:
+            if turn.created:
+                await emit("chat:conversation", {"conversationId": turn.conversation_id})
+            await emit(
+                "chat:user-message",
+                {
+                    "messageId": turn.user_message_id,
+                    "content": chat.message,
+                    "conversationId": turn.conversation_id,
+                },
+            )
+
+        latest = {"role": "user", "content": chat.message}
+        messages = trim_history(
+            self._system, turn.history, latest, self.settings.history_max_tokens
+        )
+        request = ChatRequest(
+            model=model,
+            messages=messages,
+            max_tokens=chat.max_tokens or self.settings.default_max_tokens,
+            temperature=self.settings.default_temperature
+            if chat.temperature is None
+            else chat.temperature,
+        )
+        writer = ChunkWriter(
+            emit,
+            message_id=turn.assistant_message_id,
+            conversation_id=turn.conversation_id,
+            flush_s=self.settings.stream_flush_ms / 1000,
+        )
+        reply = Reply(
+            turn.assistant_message_id, turn.conversation_id, user_id, sid, request, writer
+        )
+        self.replies.add(reply)
+        reply.task = asyncio.create_task(self._run(reply), name=f"reply:{reply.message_id}")
+        log.info(
+            "reply started",
+            extra={
+                "conversation_id": turn.conversation_id,
+                "message_id": reply.message_id,
+                "model": model,
+            },
+        )
+        return Started(turn.conversation_id, turn.user_message_id, turn.assistant_message_id)
+
+    async def stop(self, sid: str) -> Reply | None:
+        """Stop this socket's running reply and wait until it is saved and announced."""
+        reply = self.replies.for_sid(sid)
+        if reply is None or reply.task is None:
+            return None
+        reply.cancel("stopped")
+        await asyncio.shield(reply.task)
+        return reply
+
+    def detach(self, sid: str) -> None:
+        """The socket disconnected: its reply carries on and is saved, unseen."""
+        if self.replies.detach(sid) is not None:
+            log.info("socket left mid-reply; the reply continues")
+
+    async def delete_conversation(self, user_id: str, conversation_id: str) -> None:
+        for reply in self.replies.in_conversation(conversation_id):
+            if reply.user_id == user_id and reply.task is not None:
+                reply.cancel("deleted")
+                await asyncio.shield(reply.task)
+        await self.repository.delete_conversation(user_id, conversation_id)
+
+    # --- one reply
+
+    async def _run(self, reply: Reply) -> None:
+        status = MessageStatus.COMPLETE
+        end: StreamEnd | None = None
+        error: TokenwireError | None = None
+        try:
+            end = await self._pump(reply)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            if reply.stop_reason in ("stopped", "deleted"):
+                status = MessageStatus.STOPPED
+            else:
+                status = MessageStatus.INTERRUPTED
+                error = ServerShutdown()
+        except UpstreamError as exc:
+            status, error = MessageStatus.ERROR, exc
+        except Exception as exc:
+            log.exception("reply failed unexpectedly")
+            status, error = MessageStatus.ERROR, TokenwireError()
+            error.__cause__ = exc
+        try:
+            await self._finish(reply, status, end, error)
+        finally:
+            self.replies.remove(reply)
+
+    async def _pump(self, reply: Reply) -> StreamEnd:
+        loop = asyncio.get_running_loop()
+        idle = self.settings.upstream_idle_timeout_s
+        parts, writer = reply.parts, reply.writer
+        end: StreamEnd | None = None
+        try:
+            async with asyncio.timeout(self.settings.upstream_timeout_s) as deadline:
+                async with aclosing(self.provider.stream(reply.request)) as stream:
+                    async for item in stream:
+                        if type(item) is str:
+                            deadline.reschedule(loop.time() + idle)
+                            parts.append(item)
+                            await writer.write(item)
+                        elif isinstance(item, StreamEnd):
+                            end = item
+        except TimeoutError as exc:
+            raise UpstreamTimeout() from exc
+        if end is None:
+            raise UpstreamError()
+        return end
+
+    async def _finish(
+        self,
+        reply: Reply,
+        status: MessageStatus,
+        end: StreamEnd | None,
+        error: TokenwireError | None,
+    ) -> None:
+        await reply.writer.flush()
+        content = reply.content
+        usage = end.usage if end is not None and end.usage is not None else None
+        if usage is None:
+            usage = Usage(count_messages(reply.request.messages), count_text(content))
+        model = (end.model if end is not None and end.model else None) or reply.request.model
+        finish_reason = end.finish_reason if end is not None else status.value
+        await self._save(
+            reply.message_id,
+            FinishedReply(
+                content, status, finish_reason, model, usage.prompt_tokens, usage.completion_tokens
+            ),
+        )
+        log.info(
+            "reply %s",
+            status.value,
+            extra={
+                "conversation_id": reply.conversation_id,
+                "message_id": reply.message_id,
+                "finish_reason": finish_reason,
+                "completion_tokens": usage.completion_tokens,
+            },
+        )
+        emit = reply.writer.emit
+        if emit is None:
+            return
+        ids = {"conversationId": reply.conversation_id, "messageId": reply.message_id}
+        payload: dict[str, Any]
+        if status is MessageStatus.COMPLETE:
+            event = "chat:end"
+            payload = {
+                **ids,
+                "totalTokens": usage.prompt_tokens + usage.completion_tokens,
+                "model": model,
+                "finishReason": finish_reason,
+                "promptTokens": usage.prompt_tokens,
+                "completionTokens": usage.completion_tokens,
+                "content": content,
+            }
+        elif status is MessageStatus.STOPPED:
+            event, payload = "chat:stopped", {**ids, "content": content}
+        else:
+            event = "chat:error"
+            payload = error_payload(
+                error or TokenwireError(),
+                conversationId=reply.conversation_id,
+                messageId=reply.message_id,
+            )
+        try:
+            await emit(event, payload)
+        except Exception:
+            log.debug("final event not delivered; the socket went away", exc_info=True)
+
+    async def _save(self, message_id: str, finished: FinishedReply) -> None:
+        """Save a finished reply, retrying through a short database outage."""
+        for attempt in range(_SAVE_ATTEMPTS):
+            try:
+                await self.repository.finish_reply(message_id, finished)
+                return
+            except Unavailable:
+                if attempt == _SAVE_ATTEMPTS - 1:
+                    break
+                await asyncio.sleep(0.2 * 2**attempt)
+        # The reply stays `streaming` with its last checkpoint; the stale-reply
+        # sweep marks it interrupted once the database is back.
+        log.error("could not save reply %s: database unavailable", message_id)
+
+    # --- checkpoints and recovery
+
+    async def checkpoint_once(self) -> int:
+        """Write the content of every reply that grew since its last checkpoint."""
+        written = 0
+        for reply in self.replies:
+            if (
+                len(reply.parts) == reply.checkpointed_parts
+                or reply.task is None
+                or reply.task.done()
+            ):
+                continue
+            count = len(reply.parts)
+            try:
+                await self.repository.checkpoint(reply.message_id, "".join(reply.parts[:count]))
+            except Unavailable:
+                log.warning("checkpoint skipped: database unavailable")
+                return written
+            reply.checkpointed_parts = count
+            written += 1
+        return written
+
+    async def sweep_stale(self) -> int:
+        """Mark replies abandoned by a dead process (no checkpoint for 3 intervals) interrupted."""
+        cutoff = utcnow() - timedelta(seconds=3 * self.settings.checkpoint_interval_s)
+        count = await self.repository.sweep_stale(cutoff)
+        if count:
+            log.warning("marked %d abandoned replies interrupted", count)
+        return count
+
+    async def run_housekeeping(self) -> None:
+        """Checkpoint every interval and sweep abandoned replies; runs for the app's lifetime."""
+        interval = self.settings.checkpoint_interval_s
+        ticks = 0
+        while True:
+            await asyncio.sleep(interval)
+            ticks += 1
+            try:
+                await self.checkpoint_once()
+                if ticks % 3 == 0:
+                    await self.sweep_stale()
+            except Unavailable:
+                log.warning("housekeeping skipped: database unavailable")
+            except Exception:
+                log.exception("housekeeping failed")
+
+    # --- shutdown
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Refuse new replies, let running ones finish for `grace_s`, then interrupt the rest."""
+        self.accepting = False
+        tasks = [r.task for r in self.replies if r.task is not None]
+        if tasks:
+            log.info("waiting up to %.0fs for %d running replies", grace_s, len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for reply in self.replies:
+                reply.cancel("shutdown")
+            if pending:
+                await asyncio.wait(pending, timeout=10)

@@ -1,0 +1,131 @@
+"""Sending one reply's text to its socket as `chat:message` chunks.
+
+Each chunk carries `offset`: how much of the reply came before it, counted in
+UTF-16 code units, the unit of JavaScript's `String.length`, so a browser can
+check `offset === text.length` before appending and never show a chunk twice
+or out of place.
+
+With STREAM_FLUSH_MS > 0, tokens that arrive within the interval after a send
+are coalesced into one frame: fewer frames, less CPU per token. The first
+chunk, and any chunk after a quiet spell longer than the interval, goes at
+once, so coalescing never delays the first token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["ChunkWriter", "Emit", "utf16_len"]
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def utf16_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
+
+
+class ChunkWriter:
+    __slots__ = (
+        "_conversation_id",
+        "_flush_s",
+        "_flusher",
+        "_last_send",
+        "_loop",
+        "_message_id",
+        "_pending",
+        "_timer",
+        "emit",
+        "sent",
+    )
+
+    def __init__(
+        self, emit: Emit | None, *, message_id: str, conversation_id: str, flush_s: float
+    ) -> None:
+        self.emit = emit
+        self.sent = 0  # UTF-16 units already sent
+        self._message_id = message_id
+        self._conversation_id = conversation_id
+        self._flush_s = flush_s
+        self._pending: list[str] = []
+        self._loop = asyncio.get_running_loop()
+        self._last_send = -float("inf")
+        self._timer: asyncio.TimerHandle | None = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(self, text: str) -> None:
+        if self.emit is None:
+            return
+        if self._flush_s <= 0:
+            await self._send(text)
+            return
+        self._pending.append(text)
+        if self._timer is None and self._flusher is None:
+            due = self._last_send + self._flush_s
+            if self._loop.time() >= due:
+                await self._send_pending()
+            else:
+                self._timer = self._loop.call_at(due, self._on_timer)
+
+    async def flush(self) -> None:
+        """Send whatever is pending; called before the reply's final event."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        if self._pending and self.emit is not None:
+            await self._send_pending()
+
+    def detach(self) -> None:
+        """The socket is gone: stop sending; the reply itself carries on."""
+        self.emit = None
+        self._pending.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._flusher = self._loop.create_task(self._timed_flush())
+
+    async def _timed_flush(self) -> None:
+        try:
+            await self._send_pending()
+        finally:
+            self._flusher = None
+
+    async def _send_pending(self) -> None:
+        if not self._pending:
+            return
+        text = self._pending[0] if len(self._pending) == 1 else "".join(self._pending)
+        self._pending.clear()
+        await self._send(text)
+
+    async def _send(self, text: str) -> None:
+        emit = self.emit
+        if emit is None:
+            return
+        offset = self.sent
+        self.sent += utf16_len(text)
+        self._last_send = self._loop.time()
+        try:
+            await emit(
+                "chat:message",
+                {
+                    "content": text,
+                    "isComplete": False,
+                    "messageId": self._message_id,
+                    "conversationId": self._conversation_id,
+                    "offset": offset,
+                },
+            )
+        except Exception:
+            # The socket went away between our check and the send; the reply
+            # carries on and is saved, only this client stops receiving it.
+            log.debug("dropping chunks for a socket that went away", exc_info=True)
+            self.detach()

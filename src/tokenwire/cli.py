@@ -1,0 +1,236 @@
+"""The `tokenwire` command: serve, migrate, token, chat."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from typing import Any
+
+from tokenwire import __version__
+from tokenwire.config import Settings, SettingsError, load_settings
+
+__all__ = ["main"]
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        print(f"tokenwire: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from tokenwire.app import create_app
+    from tokenwire.logs import configure_logging
+
+    settings = _settings(host=args.host, port=args.port)
+    configure_logging(settings.log_level, json=settings.is_production)
+    app = create_app(settings)
+    shown = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::") else settings.host
+    if not settings.is_production:
+        print(
+            f"\n  tokenwire {__version__} on http://{shown}:{settings.port}  (model: {settings.llm_provider}, "
+            f"database: {settings.database_url.split('://')[0]})\n"
+            f"  Socket.IO namespace: http://{shown}:{settings.port}/ai   API docs: http://{shown}:{settings.port}/docs\n"
+            f"  Get a token:   tokenwire token alice\n"
+            f'  Talk to it:    tokenwire chat "Hello!" --url http://{shown}:{settings.port}\n',
+            file=sys.stderr,
+        )
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_per_message_deflate=settings.ws_compression,
+        ws_ping_interval=None,  # Socket.IO runs its own heartbeat (PING_INTERVAL)
+        ws_ping_timeout=None,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        proxy_headers=True,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    from tokenwire.storage import Database
+    from tokenwire.storage.migrate import upgrade
+
+    settings = _settings()
+
+    async def run() -> None:
+        database = Database(settings.database_url)
+        try:
+            await upgrade(database)
+        finally:
+            await database.dispose()
+
+    asyncio.run(run())
+    print("database is up to date")
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from tokenwire.auth import Authenticator
+
+    settings = _settings()
+    claims: dict[str, Any] = {"role": "admin"} if args.admin else {}
+    print(Authenticator(settings).issue(args.user_id, ttl_s=args.ttl, **claims))
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from tokenwire.auth import Authenticator
+
+    settings = _settings()
+    token = (
+        args.token
+        or os.environ.get("TOKENWIRE_TOKEN")
+        or Authenticator(settings).issue(args.user, ttl_s=3600)
+    )
+    url = args.url or f"http://127.0.0.1:{settings.port}"
+    return asyncio.run(_chat_session(url, token, args))
+
+
+async def _chat_session(url: str, token: str, args: argparse.Namespace) -> int:
+    import socketio
+
+    client = socketio.AsyncClient(reconnection=False)
+    done = asyncio.Event()
+    outcome: dict[str, Any] = {}
+
+    async def _conversation(data: dict[str, Any]) -> None:
+        outcome["conversationId"] = data.get("conversationId")
+
+    async def _message(data: dict[str, Any]) -> None:
+        sys.stdout.write(str(data.get("content", "")))
+        sys.stdout.flush()
+
+    async def _end(data: dict[str, Any]) -> None:
+        outcome.update(data, kind="end")
+        done.set()
+
+    async def _stopped(data: dict[str, Any]) -> None:
+        outcome.update(data, kind="stopped")
+        done.set()
+
+    async def _error(data: dict[str, Any]) -> None:
+        outcome.update(data, kind="error")
+        done.set()
+
+    for event, handler in (
+        ("chat:conversation", _conversation),
+        ("chat:message", _message),
+        ("chat:end", _end),
+        ("chat:stopped", _stopped),
+        ("chat:error", _error),
+    ):
+        client.on(event, handler, namespace="/ai")
+    try:
+        await client.connect(
+            url,
+            namespaces=["/ai"],
+            auth={"token": token},
+            transports=["websocket"],
+            wait_timeout=10,
+        )
+    except socketio.exceptions.ConnectionError as exc:
+        print(f"tokenwire chat: could not connect to {url}: {exc}", file=sys.stderr)
+        return 1
+    loop = asyncio.get_running_loop()
+    stop_sent = False
+
+    def on_interrupt() -> None:
+        nonlocal stop_sent
+        if stop_sent:
+            done.set()
+            return
+        stop_sent = True
+        loop.create_task(client.emit("chat:stop", namespace="/ai"))
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+    payload: dict[str, Any] = {"message": args.message}
+    if args.conversation:
+        payload["conversationId"] = args.conversation
+    if args.model:
+        payload["model"] = args.model
+    await client.emit("chat:start", payload, namespace="/ai")
+    await done.wait()
+    await client.disconnect()
+    kind = outcome.get("kind")
+    conversation = outcome.get("conversationId")
+    if kind == "end":
+        print(
+            f"\n\n[{outcome.get('finishReason')} · {outcome.get('totalTokens')} tokens · conversation {conversation}]",
+            file=sys.stderr,
+        )
+        return 0
+    if kind == "stopped":
+        kept = len(str(outcome.get("content", "")))
+        print(
+            f"\n\n[stopped · {kept} characters kept · conversation {conversation}]", file=sys.stderr
+        )
+        return 130
+    print(f"\n[error {outcome.get('code')}: {outcome.get('message')}]", file=sys.stderr)
+    return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenwire", description="Real-time AI chat streaming over Socket.IO."
+    )
+    parser.add_argument("--version", action="version", version=f"tokenwire {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="run the server (HOST, PORT and the rest from the environment/.env)"
+    )
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser(
+        "migrate", help="apply database migrations (Alembic) to DATABASE_URL"
+    )
+    migrate.set_defaults(run=_migrate)
+
+    token = commands.add_parser("token", help="print a JWT for USER_ID signed with JWT_SECRET")
+    token.add_argument("user_id")
+    token.add_argument(
+        "--ttl", type=int, default=3600, help="seconds until it expires (default 3600)"
+    )
+    token.add_argument("--admin", action="store_true", help="add the claim role=admin (for /admin)")
+    token.set_defaults(run=_token)
+
+    chat = commands.add_parser("chat", help="send a message and stream the reply; Ctrl-C stops it")
+    chat.add_argument("message")
+    chat.add_argument("--conversation", help="continue this conversation id")
+    chat.add_argument("--model")
+    chat.add_argument("--url", help="server URL (default http://127.0.0.1:PORT)")
+    chat.add_argument(
+        "--token", help="JWT (default: $TOKENWIRE_TOKEN, or one minted with JWT_SECRET)"
+    )
+    chat.add_argument(
+        "--user", default="cli-user", help="user id for a minted token (default cli-user)"
+    )
+    chat.set_defaults(run=_chat)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    result: int = args.run(args)
+    return result

@@ -1,0 +1,46 @@
+"""What every upstream model provider offers the chat service.
+
+A provider turns a `ChatRequest` into an async stream of text deltas (plain
+`str`, the hot path: no object per token) closed by exactly one `StreamEnd`.
+Failures are raised as `errors.UpstreamError` subclasses; providers never
+touch storage or sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["ChatMessage", "ChatRequest", "Provider", "StreamEnd", "Usage"]
+
+ChatMessage = dict[str, str]  # {"role": ..., "content": ...}, as OpenAI's API takes it
+
+
+@dataclass(slots=True, frozen=True)
+class ChatRequest:
+    model: str
+    messages: list[ChatMessage]
+    max_tokens: int
+    temperature: float
+
+
+@dataclass(slots=True, frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(slots=True, frozen=True)
+class StreamEnd:
+    finish_reason: str
+    usage: Usage | None = None
+    model: str | None = None
+
+
+class Provider(Protocol):
+    name: str
+
+    def stream(self, request: ChatRequest) -> AsyncGenerator[str | StreamEnd, None]:
+        """Yield text deltas, then one `StreamEnd`; raise `UpstreamError` on failure."""
+        ...

@@ -1,0 +1,187 @@
+"""OpenAI-compatible chat completions over HTTP: OpenAI, vLLM, Ollama, llama.cpp, gateways.
+
+The wire format is the contract (`POST {base}/chat/completions` with
+`stream: true` and `stream_options.include_usage`), so this speaks it directly
+with httpx and orjson instead of the `openai` SDK, which builds a pydantic
+object per chunk; `bench/` measures the difference.
+
+Errors are translated here, where they enter: 429 becomes
+`UpstreamRateLimited` (with Retry-After), a refused or dropped connection and
+every other status becomes `UpstreamError`. Before the first byte of a reply
+the request is retried with exponential backoff; once data has arrived it
+never is, because the client has seen it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+import orjson
+
+from tokenwire.errors import UpstreamError, UpstreamRateLimited
+from tokenwire.providers.base import ChatRequest, StreamEnd, Usage
+from tokenwire.providers.sse import iter_sse_data
+
+__all__ = ["OpenAIProvider"]
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+_MAX_RETRY_AFTER_S = 10.0  # longer waits go back to the user as RATE_LIMIT
+
+
+class OpenAIProvider:
+    name = "openai"
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        base_url: str,
+        api_key: str | None,
+        retries: int = 2,
+        backoff_s: float = 0.5,
+    ) -> None:
+        self._client = client
+        self._url = f"{base_url.rstrip('/')}/chat/completions"
+        self._headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._retries = retries
+        self._backoff_s = backoff_s
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[str | StreamEnd, None]:
+        body = orjson.dumps(
+            {
+                "model": request.model,
+                "messages": request.messages,
+                "max_tokens": request.max_tokens,
+                "temperature": request.temperature,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        )
+        attempt = 0
+        while True:
+            try:
+                async with self._client.stream(
+                    "POST", self._url, content=body, headers=self._headers
+                ) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        raise _status_error(response)
+                    # From here on the reply belongs to the client: no retry.
+                    async for item in _read_completion(response, request.model):
+                        yield item
+                    return
+            except httpx.TransportError as exc:
+                # Raised while connecting or waiting for the status line:
+                # nothing was streamed yet, so the attempt can be retried.
+                log.warning("upstream unreachable: %s", type(exc).__name__)
+                error: UpstreamError = UpstreamError(retryable=True)
+                error.__cause__ = exc
+            except UpstreamError as exc:
+                error = exc
+            if attempt >= self._retries or not error.retryable:
+                raise error
+            delay = error.retry_after if error.retry_after is not None else self._backoff(attempt)
+            if delay > _MAX_RETRY_AFTER_S:
+                raise error
+            attempt += 1
+            log.warning(
+                "upstream attempt %d failed (%s); retrying in %.2fs", attempt, error.code, delay
+            )
+            await asyncio.sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        return self._backoff_s * float(2**attempt) * (0.5 + random.random() / 2)
+
+
+async def _read_completion(
+    response: httpx.Response, model: str
+) -> AsyncGenerator[str | StreamEnd, None]:
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    seen_data = False
+    try:
+        async for data in iter_sse_data(response.aiter_bytes()):
+            if data == b"[DONE]":
+                yield StreamEnd(finish_reason or "stop", usage, model)
+                return
+            try:
+                chunk: Any = orjson.loads(data)
+            except orjson.JSONDecodeError as exc:
+                raise UpstreamError() from exc
+            if not isinstance(chunk, dict):
+                raise UpstreamError()
+            seen_data = True
+            if "error" in chunk:
+                log.error("upstream reported an error mid-stream: %.300s", data)
+                raise UpstreamError()
+            model = chunk.get("model") or model
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta")
+                if delta:
+                    content = delta.get("content")
+                    if content:
+                        yield content
+                if choice.get("finish_reason"):
+                    finish_reason = choice["finish_reason"]
+            if chunk.get("usage"):
+                usage = _usage(chunk["usage"])
+    except httpx.HTTPError as exc:
+        # A connection dropped mid-reply (RemoteProtocolError, ReadError, ...).
+        raise UpstreamError(retryable=not seen_data) from exc
+    if finish_reason is None:
+        # The body ended without [DONE] or a finish_reason: it was cut off.
+        raise UpstreamError(retryable=not seen_data)
+    yield StreamEnd(finish_reason, usage, model)
+
+
+def _usage(raw: Any) -> Usage | None:
+    try:
+        return Usage(int(raw["prompt_tokens"]), int(raw["completion_tokens"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _status_error(response: httpx.Response) -> UpstreamError:
+    status = response.status_code
+    retryable = status in _RETRYABLE_STATUS
+    if status == 429:
+        return UpstreamRateLimited(retry_after=_retry_after(response.headers), retryable=True)
+    if status in (401, 403):
+        # A server misconfiguration (bad key), not the user's fault: loud in
+        # the log, vague on the wire.
+        log.error("upstream refused our credentials (HTTP %d); check OPENAI_API_KEY", status)
+    else:
+        log.warning("upstream answered HTTP %d: %.300s", status, response.text)
+    return UpstreamError(retryable=retryable)
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait, from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(float(ms) / 1000, 0.001)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.001)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.001)

@@ -1,0 +1,89 @@
+"""The long-lived objects of one running app, built and closed by `Services.start`.
+
+Everything that holds a connection lives here and nowhere else: the database
+engine, the HTTP client for the upstream, the chat service and its background
+housekeeping. Handlers reach them through this one object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from tokenwire.auth import Authenticator
+from tokenwire.chat import ChatService
+from tokenwire.config import Settings
+from tokenwire.providers import Provider
+from tokenwire.providers.demo import DemoProvider
+from tokenwire.providers.openai import OpenAIProvider
+from tokenwire.storage import Database, Repository
+from tokenwire.storage import migrate as migrations
+from tokenwire.tokens import encoding
+
+__all__ = ["Services"]
+
+log = logging.getLogger(__name__)
+
+
+def _build_provider(settings: Settings, client: httpx.AsyncClient) -> Provider:
+    if settings.llm_provider == "demo":
+        return DemoProvider(settings.demo_tokens_per_s)
+    return OpenAIProvider(
+        client,
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key,
+        retries=settings.upstream_retries,
+    )
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    database: Database
+    repository: Repository
+    http: httpx.AsyncClient
+    authenticator: Authenticator
+    chat: ChatService
+
+    @classmethod
+    @asynccontextmanager
+    async def start(cls, settings: Settings) -> AsyncIterator[Services]:
+        database = Database(settings.database_url)
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=10.0, read=None, write=30.0, pool=10.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
+        )
+        housekeeping: asyncio.Task[None] | None = None
+        try:
+            if settings.is_sqlite:
+                await migrations.upgrade(database)
+            elif not await migrations.is_current(database):
+                raise RuntimeError("the database schema is not current; run `tokenwire migrate`")
+            await asyncio.to_thread(encoding)  # load the token table now, not on the first reply
+            repository = Repository(database)
+            chat = ChatService(settings, repository, _build_provider(settings, http))
+            await chat.sweep_stale()
+            services = cls(
+                settings, database, repository, http, Authenticator(settings, http), chat
+            )
+            housekeeping = asyncio.create_task(chat.run_housekeeping(), name="housekeeping")
+            log.info(
+                "tokenwire ready: provider=%s database=%s",
+                chat.provider.name,
+                database.engine.url.render_as_string(hide_password=True),
+            )
+            yield services
+            await chat.shutdown(settings.shutdown_grace_s)
+        finally:
+            if housekeeping is not None:
+                housekeeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await housekeeping
+            await http.aclose()
+            await database.dispose()

@@ -1,0 +1,81 @@
+"""The async engine and its sessions, and where database errors become `Unavailable`.
+
+SQLite gets WAL, a busy timeout and foreign keys on every connection;
+PostgreSQL connections are checked before use so a restarted server is
+recovered from without a restart of ours.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from tokenwire.errors import Unavailable
+
+__all__ = ["Database"]
+
+log = logging.getLogger(__name__)
+
+# What "the database is not there" looks like from each layer: SQLAlchemy's
+# wrappers, and the OS errors asyncpg raises while connecting.
+_OUTAGE = (OperationalError, InterfaceError, OSError, TimeoutError)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+class Database:
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {"echo": echo}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 5}
+        else:
+            kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=5)
+            if "+asyncpg" in url:
+                kwargs["connect_args"] = {"timeout": 5, "command_timeout": 10}
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction, committed on success; outages raise `Unavailable`."""
+        try:
+            async with self._sessions() as session, session.begin():
+                yield session
+        except _OUTAGE as exc:
+            raise Unavailable() from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise Unavailable() from exc
+            raise
+
+    async def ping(self) -> bool:
+        try:
+            async with self.session() as session:
+                await session.execute(text("SELECT 1"))
+        except Unavailable:
+            return False
+        return True
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

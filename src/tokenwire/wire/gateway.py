@@ -1,0 +1,204 @@
+"""The `/ai` Socket.IO namespace: the guide's events, each handler thin.
+
+Connect authenticates (a refused connection gets `connect_error` with message
+'unauthorized' or 'rate_limited' and `data.code`); each client event is
+validated, handed to the chat service, and answered. Every event answers an
+acknowledgement when the client asks for one: `{ok: true, ...ids}` or
+`{ok: false, error: {code, message}}`; failures are also emitted as
+`chat:error`, which is what the guide's clients listen to.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import socketio
+
+from tokenwire.auth import Principal
+from tokenwire.chat import ChatService
+from tokenwire.config import Settings
+from tokenwire.errors import (
+    Forbidden,
+    RateLimited,
+    TokenwireError,
+    Unauthorized,
+    ValidationFailed,
+    error_payload,
+)
+from tokenwire.logs import bind
+from tokenwire.wire.payloads import parse_start
+
+__all__ = ["AiNamespace", "Runtime"]
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/ai"
+Handler = Callable[[str, tuple[Any, ...]], Awaitable[dict[str, Any]]]
+
+
+class Runtime:
+    """What the namespace needs from the running app; filled in by the app's lifespan."""
+
+    settings: Settings
+    chat: ChatService
+    verify: Callable[[object], Awaitable[Principal]]
+
+    def __init__(
+        self,
+        settings: Settings,
+        chat: ChatService,
+        verify: Callable[[object], Awaitable[Principal]],
+    ) -> None:
+        self.settings = settings
+        self.chat = chat
+        self.verify = verify
+
+
+class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(NAMESPACE)
+        self.settings = settings
+        self.runtime: Runtime | None = None
+        self.principals: dict[str, Principal] = {}
+        self._per_user: dict[str, int] = {}
+        self._handlers: dict[str, Handler] = {
+            "chat:start": self._chat_start,
+            "chat:stop": self._chat_stop,
+        }
+        self.on_event: Callable[[str, float, str | None], None] | None = None
+
+    # --- connection
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        runtime = self._runtime()
+        ip = _client_ip(environ)
+        try:
+            await runtime.chat.limits.check_connect(ip)
+        except RateLimited as exc:
+            raise socketio.exceptions.ConnectionRefusedError(
+                "rate_limited",
+                {"code": exc.code, "message": exc.message, "retryAfter": exc.retry_after},
+            ) from None
+        token = auth.get("token") if isinstance(auth, dict) else None
+        if token is None:
+            token = _bearer(environ.get("HTTP_AUTHORIZATION"))
+        principal: Principal | None = None
+        if token is not None or self.settings.auth_required:
+            try:
+                principal = await runtime.verify(token)
+            except Unauthorized as exc:
+                log.info("connection refused: %s", exc.code, extra={"sid": sid})
+                raise socketio.exceptions.ConnectionRefusedError(
+                    "unauthorized", {"code": exc.code, "message": exc.message}
+                ) from None
+        if principal is not None:
+            count = self._per_user.get(principal.user_id, 0)
+            if count >= self.settings.max_connections_per_user:
+                raise socketio.exceptions.ConnectionRefusedError(
+                    "rate_limited",
+                    {"code": "RATE_LIMIT", "message": "Too many open connections for this user."},
+                )
+            self._per_user[principal.user_id] = count + 1
+            self.principals[sid] = principal
+        with bind(sid=sid, user_id=principal.user_id if principal else None):
+            log.info("client connected; %d connected", len(self.principals))
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        principal = self.principals.pop(sid, None)
+        if principal is not None:
+            left = self._per_user.get(principal.user_id, 1) - 1
+            if left > 0:
+                self._per_user[principal.user_id] = left
+            else:
+                self._per_user.pop(principal.user_id, None)
+        if self.runtime is not None:
+            self.runtime.chat.detach(sid)
+        with bind(sid=sid, user_id=principal.user_id if principal else None):
+            log.info("client disconnected (%s); %d connected", reason, len(self.principals))
+
+    # --- events
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        if event in ("connect", "disconnect"):
+            return await super().trigger_event(event, *args)
+        sid, data = args[0], args[1:]
+        handler = self._handlers.get(event)
+        principal = self.principals.get(sid)
+        started = time.perf_counter()
+        code: str | None = None
+        with bind(sid=sid, user_id=principal.user_id if principal else None, event=event):
+            try:
+                if handler is None:
+                    raise ValidationFailed(f"Unknown event '{str(event)[:64]}'.")
+                result = await handler(sid, data)
+                return {"ok": True, **result}
+            except Exception as exc:
+                if not isinstance(exc, TokenwireError):
+                    log.exception("event handler failed")
+                payload = error_payload(exc)
+                code = payload["code"]
+                log.info("event refused: %s", code)
+                await self.emit("chat:error", payload, to=sid)
+                error = {"code": payload["code"], "message": payload["message"]}
+                if "retryAfter" in payload:
+                    error["retryAfter"] = payload["retryAfter"]
+                return {"ok": False, "error": error}
+            finally:
+                if self.on_event is not None:
+                    self.on_event(
+                        event if handler else "unknown", time.perf_counter() - started, code
+                    )
+
+    async def _chat_start(self, sid: str, data: tuple[Any, ...]) -> dict[str, Any]:
+        runtime = self._runtime()
+        chat, claimed_user = parse_start(data[0] if data else None, self.settings)
+        principal = self.principals.get(sid)
+        if principal is not None:
+            if claimed_user is not None and claimed_user != principal.user_id:
+                raise Forbidden("userId does not match your session.")
+            user_id = principal.user_id
+        elif claimed_user is None:
+            raise ValidationFailed("'userId' is required when the connection carries no token.")
+        else:
+            user_id = claimed_user
+
+        async def emit(event: str, payload: dict[str, Any]) -> None:
+            await self.emit(event, payload, to=sid)
+
+        with bind(user_id=user_id, conversation_id=chat.conversation_id):
+            started = await runtime.chat.start(user_id, sid, emit, chat)
+        return {
+            "conversationId": started.conversation_id,
+            "userMessageId": started.user_message_id,
+            "messageId": started.message_id,
+        }
+
+    async def _chat_stop(self, sid: str, _data: tuple[Any, ...]) -> dict[str, Any]:
+        reply = await self._runtime().chat.stop(sid)
+        if reply is None:
+            return {"stopped": False}
+        return {
+            "stopped": True,
+            "conversationId": reply.conversation_id,
+            "messageId": reply.message_id,
+        }
+
+    def _runtime(self) -> Runtime:
+        if self.runtime is None:
+            raise TokenwireError("The server is starting. Please try again in a moment.")
+        return self.runtime
+
+
+def _bearer(header: object) -> str | None:
+    if isinstance(header, str) and header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    return None
+
+
+def _client_ip(environ: dict[str, Any]) -> str:
+    return str(
+        environ.get("REMOTE_ADDR") or environ.get("asgi.scope", {}).get("client", ("unknown",))[0]
+    )
