@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.middleware.cors import CORSMiddleware
 
 from tokenwire import __version__
-from tokenwire.api import conversations, health
+from tokenwire.api import conversations, dev, health
 from tokenwire.config import Settings
 from tokenwire.errors import TokenwireError
 from tokenwire.services import Services
@@ -115,6 +115,8 @@ def create_app(settings: Settings) -> socketio.ASGIApp:
 
     api.include_router(health.router)
     api.include_router(conversations.router)
+    if not settings.is_production:
+        api.include_router(dev.router)
     app = socketio.ASGIApp(sio, other_asgi_app=api, socketio_path="socket.io")
     app.state_api = api  # for tests and embedding
     app.sio = sio
