@@ -34,7 +34,7 @@ POSTGRES_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REQUIRE_SERVICES = os.environ.get("TOKENWIRE_REQUIRE_SERVICES") == "1"
-SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+SECRET = "test-secret-long-enough-for-every-hmac-algorithm-0123456789abcdef"
 
 
 def _reachable(url: str, default_port: int) -> bool:
@@ -241,6 +241,14 @@ class Client:
     async def disconnect(self) -> None:
         await self.sio.disconnect()
 
+    async def close(self) -> None:
+        """Disconnect, and close the HTTP session a refused connect leaves open."""
+        if self.sio.connected:
+            await self.sio.disconnect()
+        http = getattr(self.sio.eio, "http", None)
+        if http is not None and not http.closed:
+            await http.close()
+
 
 @pytest.fixture
 async def client_factory() -> AsyncIterator[Callable[[], Client]]:
@@ -253,8 +261,7 @@ async def client_factory() -> AsyncIterator[Callable[[], Client]]:
 
     yield make
     for client in clients:
-        if client.sio.connected:
-            await client.disconnect()
+        await client.close()
 
 
 @pytest.fixture
