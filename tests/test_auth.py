@@ -129,7 +129,7 @@ async def test_jwks_rs256_tokens_are_verified(
     jwk = orjson.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
     jwk.update(kid="k1", use="sig", alg="RS256")
 
-    async def jwks_app(scope: Any, receive: Any, send: Any) -> None:
+    async def jwks_app(scope: Any, _receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         body = orjson.dumps({"keys": [jwk]})
