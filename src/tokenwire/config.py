@@ -42,6 +42,7 @@ class Settings(BaseSettings):
         extra="ignore",
         case_sensitive=False,
         validate_default=True,
+        env_ignore_empty=True,  # `KEY=` in .env means "use the default", as in .env.example
     )
 
     # --- server
@@ -191,6 +192,6 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = [str(part) for part in err.get("loc", ()) if part != "__root__"]
-        name = loc[0].upper() if loc else "configuration"
         message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        raise SettingsError(f"{name}: {message}") from exc
+        # Field errors are prefixed with the variable; cross-field ones name it themselves.
+        raise SettingsError(f"{loc[0].upper()}: {message}" if loc else message) from exc
