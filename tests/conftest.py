@@ -126,7 +126,7 @@ class Gateway:
 
     @property
     def services(self) -> Any:
-        return self.app.state_api.state.services
+        return self.app.services
 
 
 GatewayFactory = Callable[..., AbstractAsyncContextManager[Gateway]]

@@ -25,10 +25,9 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from tokenwire.app import create_app
     from tokenwire.logs import configure_logging
+    from tokenwire.server import GracefulServer, uvicorn_config
 
     settings = _settings(host=args.host, port=args.port)
     configure_logging(settings.log_level, json=settings.is_production)
@@ -43,23 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
             f'  Talk to it:    tokenwire chat "Hello!" --url http://{shown}:{settings.port}\n',
             file=sys.stderr,
         )
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
-        ws_per_message_deflate=settings.ws_compression,
-        ws_ping_interval=None,  # Socket.IO runs its own heartbeat (PING_INTERVAL)
-        ws_ping_timeout=None,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        proxy_headers=True,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
-    )
-    server = uvicorn.Server(config)
+    server = GracefulServer(uvicorn_config(app, settings), app)
     server.run()
     return 0 if server.started else 1
 
