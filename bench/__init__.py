@@ -1,0 +1,1 @@
+"""tokenwire's benchmark suite; `python -m bench --quick` or `python bench/run.py --quick`."""

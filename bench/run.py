@@ -1,0 +1,401 @@
+"""tokenwire's benchmark suite: one command, a quick mode (< 2 min) and a full mode.
+
+    uv run python bench/run.py --quick        # or: uv run python -m bench --quick
+    uv run python bench/run.py --full
+
+Starts a lean OpenAI-compatible upstream (bench/upstream.py), the gateway
+(`python -m tokenwire serve`, or the NestJS peer for B5) and Node load
+generators (bench/loadgen, the official socket.io-client) as separate
+processes, measures B1-B5, prints one table with the machine described and
+rewrites docs/benchmarks.md. Every process it starts is ended when it exits,
+also on Ctrl-C or an error. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python bench/run.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.procs import Processes, machine, raise_fd_limit
+from bench.report import Figure, markdown_table, write_doc
+from bench.scenarios import Bench, Settings, StreamResult
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER = ROOT.parent / "shared" / "peers" / "nestjs-gateway"
+
+
+def _export(ref: str, logs: Path) -> Path:
+    """The tree at git revision `ref` (its src/), so concurrent edits do not move the target."""
+    tree = logs / "tree"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "src"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def _settings(args: argparse.Namespace, logs: Path) -> Settings:
+    tree = _export(args.ref, logs) if args.ref else Path(args.tree).resolve()
+    python = str(tree / ".venv" / "bin" / "python")
+    if not Path(python).exists():
+        python = sys.executable
+    cache = ROOT / ".cache" / "bench"
+    common = {
+        "tree": tree,
+        "python": python,
+        "cache": cache,
+        "logs": logs,
+        "coalesce_ms": args.coalesce_ms,
+        "upstream": args.upstream,
+        "profile": Path(args.profile).resolve() if args.profile else None,
+    }
+    if args.full:
+        return Settings(
+            mode="full",
+            b1_samples=300,
+            b2_warmup_s=4,
+            b2_window_s=20,
+            b2_flush_extra=(20,),
+            b5_pairs=2,
+            b3_levels=(250, 500, 1000, 2000, 4000),
+            b3_bisect=3,
+            b3_warmup_s=4,
+            b3_window_s=10,
+            b3_budget_s=420,
+            b4_clients=10_000,
+            b4_hold_s=30,
+            b4_ping_s=10,
+            **common,
+        )
+    return Settings(mode="quick", **common)
+
+
+def _npm(cwd: Path, *args: str) -> None:
+    subprocess.run(
+        ["npm", *args, "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=cwd,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _digest(*files: Path) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def prepare_node(cache: Path, need_nest: bool) -> None:
+    """Install the loadgen's socket.io-client and build the NestJS peer, once; cached by lockfile."""
+    cache.mkdir(parents=True, exist_ok=True)
+    loadgen_src = ROOT / "bench" / "loadgen"
+    loadgen = cache / "loadgen"
+    stamp = _digest(loadgen_src / "package-lock.json")
+    if (loadgen / ".stamp").exists() and (loadgen / ".stamp").read_text() == stamp:
+        pass
+    else:
+        print("  installing socket.io-client for the load generator ...", flush=True)
+        shutil.rmtree(loadgen, ignore_errors=True)
+        loadgen.mkdir(parents=True)
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy(loadgen_src / name, loadgen / name)
+        _npm(loadgen, "ci")
+        (loadgen / ".stamp").write_text(stamp)
+    if not need_nest:
+        return
+    nest = cache / "nest"
+    stamp = _digest(*(sorted(p for p in PEER.rglob("*") if p.is_file())))
+    if (nest / ".stamp").exists() and (nest / ".stamp").read_text() == stamp:
+        return
+    print("  building the NestJS peer (npm ci && npm run build; once) ...", flush=True)
+    shutil.rmtree(nest, ignore_errors=True)
+    shutil.copytree(PEER, nest)
+    for path in (nest, *nest.rglob("*")):
+        path.chmod(path.stat().st_mode | 0o200)
+    _npm(nest, "ci")
+    subprocess.run(["npm", "run", "build"], cwd=nest, check=True, stdout=subprocess.DEVNULL)
+    (nest / ".stamp").write_text(stamp)
+
+
+def _ms(x: float) -> str:
+    return f"{x:.2f} ms"
+
+
+async def run(args: argparse.Namespace, logs: Path) -> int:
+    started = time.monotonic()
+    s = _settings(args, logs)
+    only = set(args.only.upper().split(",")) if args.only else {"B1", "B2", "B3", "B4", "B5"}
+    fds = raise_fd_limit()
+    prepare_node(s.cache, "B5" in only)
+    host = machine(s.python)
+    print(f"\nmachine: {host.line()}\nopen files: {fds}; logs: {logs}\n", flush=True)
+
+    processes = Processes(logs)
+    bench = Bench(s, processes)
+    figures: list[Figure] = []
+    runs: list[StreamResult] = []
+    notes: list[str] = []
+    try:
+        # B2 and B5, interleaved: tokenwire (no coalescing), NestJS, ... then coalescing values.
+        tw0: list[StreamResult] = []
+        nest: list[StreamResult] = []
+        coalesced: dict[float, StreamResult] = {}
+        if only & {"B2", "B5"}:
+            for pair in range(s.b5_pairs if "B5" in only else 1):
+                print(f"B2/B5 pair {pair + 1}: tokenwire STREAM_FLUSH_MS=0 ...", flush=True)
+                tw0.append(await bench.b2(0, f"B2 flush 0 #{pair + 1}"))
+                if "B5" in only:
+                    print(f"B2/B5 pair {pair + 1}: NestJS peer ...", flush=True)
+                    nest.append(await bench.b5_nest(f"B5 NestJS #{pair + 1}"))
+            if "B2" in only:
+                for flush in (*s.b2_flush_extra, s.coalesce_ms):
+                    print(f"B2: tokenwire STREAM_FLUSH_MS={flush:g} ...", flush=True)
+                    coalesced[flush] = await bench.b2(flush, f"B2 flush {flush:g}")
+            runs += tw0 + nest + list(coalesced.values())
+
+        def per_token(results: list[StreamResult]) -> float:
+            return sum(r.gateway_cpu_s for r in results) / sum(r.tokens for r in results) * 1e6
+
+        nest_us = per_token(nest) if nest else None
+        if tw0:
+            us = per_token(tw0)
+            figures.append(
+                Figure(
+                    "B2",
+                    f"CPU per delivered token, {s.b2_clients} × {s.b2_rate:g} tok/s, STREAM_FLUSH_MS=0",
+                    f"{us:.1f} µs",
+                    f"≤ 0.5 × NestJS ({0.5 * nest_us:.1f} µs)" if nest_us else "≤ 0.5 × NestJS",
+                    (us <= 0.5 * nest_us) if nest_us else None,
+                )
+            )
+        for flush, r in coalesced.items():
+            figures.append(
+                Figure(
+                    "B2",
+                    f"CPU per delivered token, same load, STREAM_FLUSH_MS={flush:g}",
+                    f"{r.cpu_per_token_us:.1f} µs ({r.frames / r.tokens:.2f} frames/token)",
+                    f"≤ 0.5 × NestJS ({0.5 * nest_us:.1f} µs)" if nest_us else "≤ 0.5 × NestJS",
+                    (r.cpu_per_token_us <= 0.5 * nest_us) if nest_us else None,
+                )
+            )
+        if nest_us is not None:
+            figures.append(
+                Figure("B5", "NestJS peer CPU per delivered token, same load", f"{nest_us:.1f} µs")
+            )
+            if tw0:
+                ratio = per_token(tw0) / nest_us
+                figures.append(
+                    Figure(
+                        "B5",
+                        "**tokenwire / NestJS CPU per token** (flush 0, same frames)",
+                        f"**{ratio:.2f}**",
+                        "≤ 0.50",
+                        ratio <= 0.5,
+                    )
+                )
+            if s.coalesce_ms in coalesced:
+                ratio = coalesced[s.coalesce_ms].cpu_per_token_us / nest_us
+                figures.append(
+                    Figure(
+                        "B5",
+                        f"tokenwire (STREAM_FLUSH_MS={s.coalesce_ms:g}) / NestJS CPU per token",
+                        f"{ratio:.2f}",
+                        "≤ 0.50",
+                        ratio <= 0.5,
+                    )
+                )
+
+        capacity = 0
+        if "B3" in only:
+            print(
+                f"B3: capacity at {s.b3_rate:g} tok/s, STREAM_FLUSH_MS={s.coalesce_ms:g} ...",
+                flush=True,
+            )
+            capacity, b3_runs = await bench.b3()
+            runs += b3_runs
+            figures.append(
+                Figure(
+                    "B3",
+                    f"capacity: concurrent {s.b3_rate:g} tok/s replies held "
+                    f"(all tokens, p99 gap ≤ {s.coalesce_ms + 50:g} ms, STREAM_FLUSH_MS={s.coalesce_ms:g})",
+                    f"{capacity:,}" + (" (search bound)" if capacity == s.b3_levels[-1] else ""),
+                    "≥ 1,000",
+                    capacity >= 1000,
+                )
+            )
+        if "B1" in only:
+            loaded = int(0.8 * (capacity or args.capacity))
+            print(f"B1: time to first token, 1 stream and {loaded} streams ...", flush=True)
+            b1 = await bench.b1(loaded)
+            one = b1["1 stream"]
+            figures.append(
+                Figure(
+                    "B1",
+                    f"added TTFT p50, 1 stream (direct {_ms(one['direct_p50'])}, via {_ms(one['via_p50'])})",
+                    _ms(one["added_p50"]),
+                    "≤ 1 ms",
+                    one["added_p50"] <= 1,
+                )
+            )
+            figures.append(
+                Figure(
+                    "B1",
+                    f"added TTFT p99, 1 stream (direct {_ms(one['direct_p99'])}, via {_ms(one['via_p99'])})",
+                    _ms(one["added_p99"]),
+                    "≤ 5 ms",
+                    one["added_p99"] <= 5,
+                )
+            )
+            for name, f in b1.items():
+                if name == "1 stream":
+                    continue
+                figures.append(
+                    Figure(
+                        "B1",
+                        f"added TTFT p50 / p99 at 80% of capacity ({name}, gateway CPU {f['gateway_cpu']:.0%})",
+                        f"{_ms(f['added_p50'])} / {_ms(f['added_p99'])}",
+                    )
+                )
+        if "B4" in only:
+            print(f"B4: {s.b4_clients:,} idle connections ...", flush=True)
+            b4 = await bench.b4()
+            held = b4["open_after_hold"] == s.b4_clients and b4["disconnects"] == 0
+            figures.append(
+                Figure(
+                    "B4",
+                    f"memory per idle connection (RSS growth over {s.b4_clients:,})",
+                    f"{b4['kib_per_conn']:.1f} KiB",
+                    "≤ 20 KiB",
+                    b4["kib_per_conn"] <= 20,
+                )
+            )
+            figures.append(
+                Figure(
+                    "B4",
+                    f"idle connections held {b4['hold_s']:g} s with heartbeats every {s.b4_ping_s:g} s",
+                    f"{int(b4['open_after_hold']):,} of {s.b4_clients:,}",
+                    "10,000 held" if s.mode == "full" else "all held (10,000 in --full)",
+                    held,
+                )
+            )
+            figures.append(
+                Figure(
+                    "B4",
+                    "connections accepted per second (50 in flight per client process)",
+                    f"{b4['accept_per_s']:,.0f}/s ({b4['connect_cpu_ms_per_conn']:.2f} ms CPU each)",
+                )
+            )
+            notes.append(
+                f"B4: gateway RSS {b4['rss_before'] / 2**20:.0f} MiB before, "
+                f"{b4['rss_connected'] / 2**20:.0f} MiB connected, "
+                f"{b4['rss_after_hold'] / 2**20:.0f} MiB after the hold; "
+                f"load generators {b4['loadgen_rss'] / 2**20:.0f} MiB."
+            )
+    finally:
+        await processes.close()
+
+    elapsed = time.monotonic() - started
+    table = markdown_table(
+        [
+            {"id": f.key, "figure": f.name, "result": f.value, "target": f.target, "": f.verdict}
+            for f in figures
+        ]
+    )
+    print(f"\n{host.line()}\n\n{table}\n")
+    run_rows = [r.row() for r in runs]
+    print(markdown_table(run_rows))
+    print(f"\n{s.mode} run: {elapsed:.0f} s")
+    notes += [
+        f"Upstream: {'bench/upstream.py (lean, uvloop)' if s.upstream == 'lean' else 'python -m tokenwire.testing upstream'}; "
+        f"B2/B5 replies of {s.b2_reply_tokens} tokens at {s.b2_rate:g} tok/s, "
+        f"B3 and B1 replies of {int(s.b3_rate * s.b3_reply_s)} tokens at {s.b3_rate:g} tok/s. "
+        "A token is 4 characters; clients count characters.",
+        "tokenwire runs with SQLite (a file in a temp dir), the NestJS peer with SQLite in memory, "
+        "as its README defaults. Both write the user message and the reply per turn; "
+        "neither writes per token.",
+        "CPU is user+sys from /proc/PID/stat over the measurement window (all threads); "
+        "loadgen and upstream CPU are shown to prove they were not the bottleneck.",
+        "B1 probe: one Python process alternates a request straight to the upstream (httpx) "
+        "and a chat:start through the gateway (python-socketio), 2-token replies; "
+        "added = p(via) - p(direct).",
+    ]
+    if not args.no_write:
+        write_doc(
+            ROOT / "docs" / "benchmarks.md",
+            date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            command=f"uv run python bench/run.py --{s.mode}"
+            + (f" --only {args.only}" if args.only else ""),
+            mode=s.mode,
+            machine=host.line(),
+            figures=figures,
+            runs=run_rows,
+            notes=notes,
+            elapsed_s=elapsed,
+        )
+        print("wrote docs/benchmarks.md")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="about 2 minutes (default)")
+    size.add_argument("--full", action="store_true", help="longer windows, 10,000 idle clients")
+    parser.add_argument("--only", help="comma-separated subset, e.g. B2,B5")
+    parser.add_argument(
+        "--coalesce-ms",
+        type=float,
+        default=50,
+        help="the coalescing STREAM_FLUSH_MS (B2, B3, B1)",
+    )
+    parser.add_argument(
+        "--capacity", type=int, default=500, help="B1's capacity when B3 is not run (default 500)"
+    )
+    parser.add_argument(
+        "--tree", default=str(ROOT), help="tokenwire tree to measure (its src/ and .venv)"
+    )
+    parser.add_argument(
+        "--ref", help="measure this git revision's src/ (e.g. HEAD) instead of the work tree"
+    )
+    parser.add_argument(
+        "--upstream", choices=("lean", "repo"), default="lean", help="the upstream double"
+    )
+    parser.add_argument(
+        "--profile", metavar="DIR", help="py-spy the gateway in each B2 window; raw stacks to DIR"
+    )
+    parser.add_argument("--no-write", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the process logs")
+    args = parser.parse_args(argv)
+    logs = Path(tempfile.mkdtemp(prefix="tokenwire-bench-"))
+    failed = True
+    try:
+        code = asyncio.run(run(args, logs))
+        failed = False
+        return code
+    except KeyboardInterrupt:
+        print("\ninterrupted; every process was stopped", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep_logs or failed:
+            print(f"logs kept in {logs}")
+        else:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(logs)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
