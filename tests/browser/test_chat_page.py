@@ -1,0 +1,286 @@
+"""The chat page in a real browser: sign-in, streaming, Stop, history, errors, phone width."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+
+from playwright.async_api import Locator, Page, expect
+
+from tests.browser.conftest import BROWSER, PHONE, PageFactory
+from tests.conftest import Gateway
+from tokenwire.testing import Script
+
+pytestmark = BROWSER
+
+Shot = Callable[[Page, str], Awaitable[None]]
+
+
+async def sign_in_by_name(page: Page, name: str) -> None:
+    await page.goto("/")
+    await page.get_by_label("Your name").fill(name)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator(".badge")).to_have_text("Connected")
+
+
+async def send(page: Page, text: str) -> None:
+    box = page.get_by_placeholder("Type your message...")
+    await box.fill(text)
+    await box.press("Enter")
+
+
+def last_reply(page: Page) -> Locator:
+    return page.locator(".message.assistant").last
+
+
+async def stored_session(page: Page) -> dict[str, str]:
+    raw = await page.evaluate("sessionStorage.getItem('tokenwire.session.chat')")
+    assert isinstance(raw, str)
+    session: dict[str, str] = json.loads(raw)
+    return session
+
+
+async def test_token_in_the_address_signs_in_and_leaves_the_address(
+    gateway: Gateway, new_page: PageFactory
+) -> None:
+    token = gateway.token("alice")
+    page = await new_page()
+    await page.goto(f"/?token={token}")
+
+    await expect(page.locator(".badge")).to_have_text("Connected")
+    await expect(page.locator(".who")).to_have_text("alice")
+    assert "token" not in page.url
+    assert (await stored_session(page))["token"] == token
+
+
+async def test_reply_streams_in_with_a_cursor_then_settles(
+    gateway: Gateway, new_page: PageFactory, shot: Shot
+) -> None:
+    words = [f"word{i} " for i in range(60)]
+    gateway.upstream.enqueue(Script(tokens=words, delay_s=0.03))
+    page = await new_page()
+    await sign_in_by_name(page, "bob")
+    box = page.get_by_placeholder("Type your message...")
+
+    # Shift+Enter is a new line, Enter sends.
+    await box.fill("line one")
+    await box.press("Shift+Enter")
+    await box.type("line two")
+    assert await box.input_value() == "line one\nline two"
+    await box.press("Enter")
+
+    reply = last_reply(page)
+    await expect(reply.locator(".cursor")).to_be_visible()
+    await expect(reply).to_contain_text("word5")
+    await expect(page.get_by_role("button", name="Stop")).to_be_visible()
+    early = len(await reply.inner_text())
+    await shot(page, "streaming")
+    await expect(reply).to_contain_text("word30")
+    assert len(await reply.inner_text()) > early
+
+    await expect(reply).to_have_attribute("data-status", "complete")
+    await expect(reply.locator(".cursor")).to_have_count(0)
+    assert (await reply.inner_text()).strip() == "".join(words).strip()
+    assert await page.locator(".message.user .text").inner_text() == "line one\nline two"
+    assert await box.input_value() == ""
+    await expect(page.get_by_role("button", name="Send")).to_be_visible()
+    await shot(page, "complete")
+
+
+async def test_markdown_renders_and_html_in_a_reply_stays_inert(
+    gateway: Gateway, new_page: PageFactory
+) -> None:
+    gateway.upstream.enqueue(
+        Script(
+            tokens=[
+                "**bold** and `code`\n\n",
+                '<img src="x" onerror="window.__pwned = 1">\n\n',
+                "<script>window.__pwned = 2</script>\n\n",
+                "[click](javascript:window.__pwned=3) ",
+                '<iframe src="/"></iframe><a href="/" onclick="window.__pwned=4">x</a>',
+            ]
+        )
+    )
+    page = await new_page()
+    await sign_in_by_name(page, "mallory")
+    await send(page, "show me markup")
+    reply = last_reply(page)
+    await expect(reply).to_have_attribute("data-status", "complete")
+
+    await expect(reply.locator("strong")).to_have_text("bold")
+    await expect(reply.locator("code")).to_have_text("code")
+    assert await reply.locator("script, iframe, [onerror], [onclick], [style]").count() == 0
+    hrefs = await reply.locator("a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
+    assert not any(h and h.lower().startswith("javascript:") for h in hrefs)
+    for link in await reply.locator("a").all():
+        await link.click(modifiers=["Shift"], no_wait_after=True, trial=False)
+    await asyncio.sleep(0.2)
+    assert await page.evaluate("window.__pwned") is None
+
+
+async def test_stop_button_stops_the_reply_and_closes_the_upstream_request(
+    gateway: Gateway, new_page: PageFactory, shot: Shot
+) -> None:
+    gateway.upstream.enqueue(Script(count=200, delay_s=0.02))
+    page = await new_page()
+    await sign_in_by_name(page, "dave")
+    await send(page, "a long one please")
+    reply = last_reply(page)
+    await expect(reply).to_contain_text("token5")
+
+    await page.get_by_role("button", name="Stop").click()
+
+    request = gateway.upstream.requests[-1]
+    await asyncio.wait_for(request.finished.wait(), 5)
+    assert request.closed_by_client
+    assert len(request.sent) < 200
+    await expect(reply).to_have_attribute("data-status", "stopped")
+    await expect(reply.locator(".note")).to_have_text("Stopped")
+    await expect(reply.locator(".cursor")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Send")).to_be_visible()
+    await shot(page, "stopped")
+
+
+async def test_escape_stops_the_reply(gateway: Gateway, new_page: PageFactory) -> None:
+    gateway.upstream.enqueue(Script(count=200, delay_s=0.02))
+    page = await new_page()
+    await sign_in_by_name(page, "erin")
+    await send(page, "another long one")
+    await expect(last_reply(page)).to_contain_text("token3")
+
+    await page.keyboard.press("Escape")
+
+    request = gateway.upstream.requests[-1]
+    await asyncio.wait_for(request.finished.wait(), 5)
+    assert request.closed_by_client
+    await expect(last_reply(page)).to_have_attribute("data-status", "stopped")
+
+
+async def test_after_reload_the_conversation_is_in_the_list_and_opens(
+    gateway: Gateway, new_page: PageFactory, shot: Shot
+) -> None:
+    gateway.upstream.enqueue(Script(tokens=["Paris ", "is ", "the ", "capital."]))
+    page = await new_page()
+    await sign_in_by_name(page, "frank")
+    await send(page, "What is the capital of France?")
+    await expect(last_reply(page)).to_have_attribute("data-status", "complete")
+
+    await page.reload()
+    await expect(page.locator(".badge")).to_have_text("Connected")
+    item = page.locator(".conversations li").filter(has_text="capital of France")
+    await expect(item).to_have_count(1)
+    await expect(page.locator(".message")).to_have_count(0)
+
+    await item.locator(".open").click()
+    await expect(page.locator(".message.user")).to_have_text("What is the capital of France?")
+    await expect(last_reply(page)).to_have_text("Paris is the capital.")
+    await shot(page, "reopened")
+
+    # A follow-up continues that conversation.
+    gateway.upstream.enqueue(Script(tokens=["About ", "2.1 million."]))
+    await send(page, "How many people live there?")
+    await expect(last_reply(page)).to_have_attribute("data-status", "complete")
+    assert gateway.upstream.requests[-1].messages[0]["content"] == "What is the capital of France?"
+    await expect(page.locator(".conversations li")).to_have_count(1)
+
+
+async def test_rate_limit_is_shown_in_words_with_when_to_retry(
+    gateway: Gateway, new_page: PageFactory, shot: Shot
+) -> None:
+    gateway.upstream.enqueue(Script(status=429, headers={"retry-after": "30"}))
+    page = await new_page()
+    await sign_in_by_name(page, "grace")
+    await send(page, "hello?")
+
+    banner = page.get_by_role("alert").filter(has_text="Too many requests")
+    await expect(banner).to_be_visible()
+    await expect(banner).to_have_attribute("data-code", "RATE_LIMIT")
+    await expect(banner).to_contain_text(re.compile(r"try again in (30|29|28) seconds"))
+    await expect(page.get_by_role("button", name="Send")).to_be_visible()
+    await shot(page, "rate-limited")
+
+
+async def test_phone_width_has_no_sideways_scroll(
+    gateway: Gateway, new_page: PageFactory, shot: Shot
+) -> None:
+    gateway.upstream.enqueue(
+        Script(
+            tokens=[
+                "An unbroken word: " + "x" * 300 + "\n\n",
+                "```\n" + "y = 1  # " + "z" * 300 + "\n```\n\n",
+                "| a | b |\n|---|---|\n| " + "w" * 200 + " | 1 |\n\n",
+                "https://example.com/" + "a" * 200,
+            ]
+        )
+    )
+    page = await new_page(viewport=PHONE)
+    await sign_in_by_name(page, "heidi")
+    await send(page, "q" * 400)
+    await expect(last_reply(page)).to_have_attribute("data-status", "complete")
+
+    async def overflow() -> int:
+        width = await page.evaluate(
+            "Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)"
+        )
+        return int(width) - PHONE["width"]
+
+    assert await overflow() <= 0
+    for name in ("Send", "Sign out"):
+        box = await page.get_by_role("button", name=name).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    await shot(page, "phone")
+
+    await page.get_by_role("button", name="Conversations").click()
+    await expect(page.locator(".conversations li")).to_have_count(1)
+    assert await overflow() <= 0
+    await shot(page, "phone-drawer")
+
+
+async def test_expired_token_is_renewed_for_the_same_name(
+    gateway: Gateway, new_page: PageFactory
+) -> None:
+    page = await new_page()
+    await sign_in_by_name(page, "ivan")
+    expired = gateway.token("ivan", ttl_s=-60)
+    await page.evaluate(
+        "t => sessionStorage.setItem('tokenwire.session.chat', JSON.stringify("
+        "{token: t, devName: 'ivan', devAdmin: false}))",
+        expired,
+    )
+    await page.reload()
+
+    await expect(page.locator(".badge")).to_have_text("Connected")
+    await expect(page.locator(".who")).to_have_text("ivan")
+    assert (await stored_session(page))["token"] != expired
+    gateway.upstream.enqueue(Script(tokens=["still ", "here"]))
+    await send(page, "are you there?")
+    await expect(last_reply(page)).to_have_text("still here")
+
+
+async def test_expired_token_without_a_name_asks_to_sign_in_again(
+    gateway: Gateway, new_page: PageFactory
+) -> None:
+    page = await new_page()
+    await page.goto(f"/?token={gateway.token('judy', ttl_s=-60)}")
+
+    await expect(page.get_by_role("status").filter(has_text="sign in again")).to_be_visible()
+    await expect(page.get_by_label("Your name")).to_be_visible()
+
+
+async def test_dark_scheme_is_followed_and_the_toggle_switches(
+    new_page: PageFactory, gateway: Gateway
+) -> None:
+    page = await new_page(color_scheme="dark")
+    await page.goto(f"/?token={gateway.token('kim')}")
+    await expect(page.locator(".badge")).to_have_text("Connected")
+
+    async def background() -> str:
+        return str(await page.evaluate("getComputedStyle(document.body).backgroundColor"))
+
+    assert await background() == "rgb(20, 22, 26)"
+    await page.get_by_role("button", name="Switch to light theme").click()
+    assert await background() == "rgb(255, 255, 255)"
+    await page.reload()
+    assert await background() == "rgb(255, 255, 255)"

@@ -1,0 +1,486 @@
+/**
+ * `useChat`: one `/ai` socket and the conversation on screen.
+ *
+ * - Connects to the page's own origin (`io('/ai')`), with the session's token
+ *   read at every (re)connect, so a renewed token is used at once.
+ * - A refused connection (`connect_error` 'unauthorized', e.g. TOKEN_EXPIRED)
+ *   renews the token through `renew` and connects again; when it cannot be
+ *   renewed the person is asked to sign in. 'rate_limited' waits retryAfter.
+ * - Chunks are appended only when `offset === reply.length`, so a chunk is
+ *   never shown twice or out of place; `chat:end` / `chat:stopped` carry the
+ *   whole saved reply, which replaces what was assembled.
+ * - A reply keeps generating on the server when the socket drops; after a
+ *   reconnect the conversation is reloaded over HTTP (and polled while a
+ *   reply in it is still being written).
+ */
+import { useCallback, useEffect, useRef, useState } from 'react';
+import { io, type Socket } from 'socket.io-client';
+import type { Api } from './api';
+import { ApiError } from './api';
+import type {
+  ChatStartPayload,
+  ClientToServerEvents,
+  RefusalData,
+  ServerToClientEvents,
+  StoredMessage,
+  WireError,
+} from './protocol';
+
+export type ConnectionState =
+  | 'connecting'
+  | 'connected'
+  | 'reconnecting'
+  | 'refused'
+  | 'signed-out';
+
+export type MessageState = 'sending' | 'streaming' | 'complete' | 'stopped' | 'error' | 'interrupted';
+
+export interface ChatMessage {
+  /** Stable React key. */
+  key: string;
+  /** The server's id, once known. */
+  id: string | null;
+  role: 'user' | 'assistant';
+  content: string;
+  status: MessageState;
+  model?: string | null;
+  finishReason?: string | null;
+  completionTokens?: number | null;
+}
+
+export interface ChatError extends WireError {
+  /** Date.now() when it arrived, to count retryAfter down. */
+  at: number;
+}
+
+export interface SendOptions {
+  model?: string;
+  maxTokens?: number;
+  temperature?: number;
+}
+
+export interface UseChatOptions {
+  token: () => string | null;
+  renew: () => Promise<string | null>;
+  api: Api;
+  /** The token was refused and could not be renewed. */
+  onSignedOut: () => void;
+  /** A conversation was created, or a reply in one finished (its place in the list changed). */
+  onConversationsChanged: () => void;
+}
+
+export interface UseChat {
+  connection: ConnectionState;
+  connectionDetail: string | null;
+  conversationId: string | null;
+  messages: ChatMessage[];
+  /** A reply is being written (from send until its final event). */
+  streaming: boolean;
+  loading: boolean;
+  error: ChatError | null;
+  /** Resolves false when the message was refused (it is then not in the list). */
+  send: (text: string, options?: SendOptions) => Promise<boolean>;
+  stop: () => void;
+  open: (conversationId: string) => Promise<void>;
+  newChat: () => void;
+  dismissError: () => void;
+}
+
+type ChatSocket = Socket<ServerToClientEvents, ClientToServerEvents>;
+
+interface LiveReply {
+  /** Key of the user message that started it, and of the assistant message on screen. */
+  userKey: string;
+  replyKey: string;
+  messageId: string | null;
+  conversationId: string | null;
+  content: string;
+}
+
+const ACK_TIMEOUT_MS = 15_000;
+const POLL_MS = 1500;
+
+let keySeq = 0;
+const nextKey = (prefix: string) => `${prefix}-${Date.now().toString(36)}-${++keySeq}`;
+
+function fromStored(message: StoredMessage): ChatMessage | null {
+  if (message.role !== 'user' && message.role !== 'assistant') return null;
+  const known: MessageState[] = ['streaming', 'complete', 'stopped', 'error', 'interrupted'];
+  return {
+    key: message.id,
+    id: message.id,
+    role: message.role,
+    content: message.content,
+    status: (known as string[]).includes(message.status) ? (message.status as MessageState) : 'complete',
+    model: message.model,
+    finishReason: message.finishReason,
+    completionTokens: message.completionTokens,
+  };
+}
+
+export function useChat(options: UseChatOptions): UseChat {
+  const [connection, setConnection] = useState<ConnectionState>('connecting');
+  const [connectionDetail, setConnectionDetail] = useState<string | null>(null);
+  const [conversationId, setConversationId] = useState<string | null>(null);
+  const [messages, setMessages] = useState<ChatMessage[]>([]);
+  const [streaming, setStreaming] = useState(false);
+  const [loading, setLoading] = useState(false);
+  const [error, setError] = useState<ChatError | null>(null);
+
+  const socketRef = useRef<ChatSocket | null>(null);
+  const replyRef = useRef<LiveReply | null>(null);
+  const visibleRef = useRef<string | null>(null);
+  const optionsRef = useRef(options);
+  optionsRef.current = options;
+  const loadSeq = useRef(0);
+
+  const fail = useCallback((err: WireError) => {
+    setError({ code: err.code, message: err.message, retryAfter: err.retryAfter, at: Date.now() });
+  }, []);
+
+  const patchReply = useCallback((reply: LiveReply, patch: Partial<ChatMessage>) => {
+    setMessages((prev) =>
+      prev.map((m) =>
+        m.key === reply.replyKey || (reply.messageId !== null && m.id === reply.messageId)
+          ? { ...m, ...patch }
+          : m,
+      ),
+    );
+  }, []);
+
+  /** The reply's final event arrived (or it was lost): stop streaming. */
+  const settle = useCallback(
+    (reply: LiveReply, patch: Partial<ChatMessage>, dropIfEmpty: boolean) => {
+      replyRef.current = null;
+      setStreaming(false);
+      setMessages((prev) =>
+        prev.flatMap((m) => {
+          const mine =
+            m.key === reply.replyKey || (reply.messageId !== null && m.id === reply.messageId);
+          if (!mine) return [m];
+          const next = { ...m, ...patch };
+          return dropIfEmpty && !next.content ? [] : [next];
+        }),
+      );
+      optionsRef.current.onConversationsChanged();
+    },
+    [],
+  );
+
+  /** Is this event about the reply we are waiting for? */
+  const claim = useCallback((messageId: string | undefined): LiveReply | null => {
+    const reply = replyRef.current;
+    if (!reply || !messageId) return null;
+    if (reply.messageId === null) reply.messageId = messageId;
+    return reply.messageId === messageId ? reply : null;
+  }, []);
+
+  const load = useCallback(async (id: string, quiet = false) => {
+    const seq = ++loadSeq.current;
+    if (!quiet) setLoading(true);
+    try {
+      const stored = await optionsRef.current.api.messages(id);
+      if (seq !== loadSeq.current || visibleRef.current !== id) return;
+      const live = replyRef.current;
+      setMessages(
+        stored.flatMap((m) => {
+          const message = fromStored(m);
+          if (!message) return [];
+          if (live && live.messageId === message.id) {
+            return [{ ...message, key: live.replyKey, content: live.content, status: 'streaming' as const }];
+          }
+          return [message];
+        }),
+      );
+    } catch (err) {
+      if (seq !== loadSeq.current) return;
+      if (err instanceof ApiError) {
+        fail({ code: err.code, message: err.message });
+        if (err.code === 'NOT_FOUND') {
+          visibleRef.current = null;
+          setConversationId(null);
+          setMessages([]);
+        }
+      }
+    } finally {
+      if (seq === loadSeq.current) setLoading(false);
+    }
+  }, [fail]);
+
+  // --- the socket
+
+  useEffect(() => {
+    const socket: ChatSocket = io('/ai', {
+      auth: (cb) => cb({ token: optionsRef.current.token() }),
+      transports: ['websocket'],
+      reconnectionDelay: 1000,
+      reconnectionDelayMax: 5000,
+    });
+    socketRef.current = socket;
+    let renewals = 0;
+    let retryTimer: number | undefined;
+    let everConnected = false;
+
+    socket.on('connect', () => {
+      renewals = 0;
+      setConnection('connected');
+      setConnectionDetail(null);
+      if (everConnected) {
+        // Replies carry on server-side while we are away, unseen by the new
+        // socket: show what was saved, and poll while it is still written.
+        const lost = replyRef.current;
+        if (lost) {
+          replyRef.current = null;
+          setStreaming(false);
+        }
+        if (visibleRef.current) void load(visibleRef.current, true);
+        optionsRef.current.onConversationsChanged();
+      }
+      everConnected = true;
+    });
+
+    socket.on('disconnect', (reason) => {
+      if (reason === 'io client disconnect') return;
+      setConnection('reconnecting');
+      setConnectionDetail(null);
+      if (reason === 'io server disconnect') {
+        // The server closed us on purpose; socket.io does not retry by itself.
+        retryTimer = window.setTimeout(() => socket.connect(), 1000);
+      }
+    });
+
+    socket.on('connect_error', (err: Error & { data?: RefusalData }) => {
+      if (socket.active) {
+        // A transport failure: socket.io retries on its own.
+        setConnection('reconnecting');
+        setConnectionDetail('The server cannot be reached. Retrying…');
+        return;
+      }
+      const data = err.data ?? {};
+      if (err.message === 'rate_limited') {
+        const wait = Math.max(1, Math.ceil(data.retryAfter ?? 5));
+        setConnection('refused');
+        setConnectionDetail(`Too many connections right now. Retrying in ${wait} s…`);
+        retryTimer = window.setTimeout(() => socket.connect(), wait * 1000);
+        return;
+      }
+      // 'unauthorized' (UNAUTHORIZED or TOKEN_EXPIRED): try a fresh token once.
+      setConnection('reconnecting');
+      setConnectionDetail(
+        data.code === 'TOKEN_EXPIRED' ? 'Your session expired. Renewing it…' : 'Checking your sign-in…',
+      );
+      if (renewals >= 1) {
+        setConnection('signed-out');
+        setConnectionDetail(data.message ?? 'Please sign in again.');
+        optionsRef.current.onSignedOut();
+        return;
+      }
+      renewals += 1;
+      void optionsRef.current.renew().then((token) => {
+        if (token) {
+          socket.connect();
+        } else {
+          setConnection('signed-out');
+          setConnectionDetail(
+            data.code === 'TOKEN_EXPIRED'
+              ? 'Your session has expired. Please sign in again.'
+              : 'Your sign-in was not accepted. Please sign in again.',
+          );
+          optionsRef.current.onSignedOut();
+        }
+      });
+    });
+
+    socket.io.on('reconnect_attempt', () => setConnection('reconnecting'));
+
+    socket.on('chat:conversation', (data) => {
+      const reply = replyRef.current;
+      if (reply && reply.conversationId === null) {
+        reply.conversationId = data.conversationId;
+        if (visibleRef.current === null) {
+          visibleRef.current = data.conversationId;
+          setConversationId(data.conversationId);
+        }
+      }
+      optionsRef.current.onConversationsChanged();
+    });
+
+    socket.on('chat:user-message', (data) => {
+      const reply = replyRef.current;
+      if (!reply) return;
+      reply.conversationId ??= data.conversationId;
+      setMessages((prev) =>
+        prev.map((m) => (m.key === reply.userKey ? { ...m, id: data.messageId, status: 'complete' } : m)),
+      );
+    });
+
+    socket.on('chat:message', (data) => {
+      const reply = claim(data.messageId);
+      if (!reply) return;
+      // Append only the chunk that continues the text: never twice, never out of place.
+      if (data.offset !== reply.content.length) return;
+      reply.content += data.content;
+      patchReply(reply, { id: data.messageId, content: reply.content, status: 'streaming' });
+    });
+
+    socket.on('chat:end', (data) => {
+      const reply = claim(data.messageId);
+      if (!reply) return;
+      settle(
+        reply,
+        {
+          id: data.messageId,
+          content: data.content,
+          status: 'complete',
+          model: data.model,
+          finishReason: data.finishReason,
+          completionTokens: data.completionTokens,
+        },
+        false,
+      );
+    });
+
+    socket.on('chat:stopped', (data) => {
+      const reply = claim(data.messageId);
+      if (!reply) return;
+      settle(reply, { id: data.messageId, content: data.content, status: 'stopped' }, true);
+    });
+
+    socket.on('chat:error', (data) => {
+      fail(data);
+      const reply = data.messageId ? claim(data.messageId) : null;
+      if (reply) {
+        settle(reply, { id: data.messageId ?? null, status: 'error' }, true);
+      }
+    });
+
+    return () => {
+      window.clearTimeout(retryTimer);
+      socket.removeAllListeners();
+      socket.io.removeAllListeners();
+      socket.disconnect();
+      socketRef.current = null;
+    };
+  }, [claim, fail, load, patchReply, settle]);
+
+  // --- a reply being written elsewhere (another tab, or before a reconnect): poll
+
+  const pollNeeded = messages.some(
+    (m) => m.status === 'streaming' && m.role === 'assistant' && !replyRef.current,
+  );
+  useEffect(() => {
+    if (!pollNeeded || !conversationId) return;
+    const timer = window.setTimeout(() => void load(conversationId, true), POLL_MS);
+    return () => window.clearTimeout(timer);
+  }, [pollNeeded, conversationId, messages, load]);
+
+  // --- actions
+
+  const send = useCallback(
+    (text: string, sendOptions: SendOptions = {}): Promise<boolean> => {
+      const socket = socketRef.current;
+      if (!socket?.connected || replyRef.current || !text.trim()) return Promise.resolve(false);
+      const reply: LiveReply = {
+        userKey: nextKey('user'),
+        replyKey: nextKey('reply'),
+        messageId: null,
+        conversationId: visibleRef.current,
+        content: '',
+      };
+      replyRef.current = reply;
+      setStreaming(true);
+      setError(null);
+      setMessages((prev) => [
+        ...prev,
+        { key: reply.userKey, id: null, role: 'user', content: text, status: 'sending' },
+        { key: reply.replyKey, id: null, role: 'assistant', content: '', status: 'streaming' },
+      ]);
+      const payload: ChatStartPayload = { message: text, ...sendOptions };
+      if (reply.conversationId) payload.conversationId = reply.conversationId;
+
+      const refuse = (err: WireError) => {
+        if (replyRef.current === reply) replyRef.current = null;
+        setStreaming(false);
+        setMessages((prev) => prev.filter((m) => m.key !== reply.userKey && m.key !== reply.replyKey));
+        fail(err);
+      };
+
+      return new Promise<boolean>((resolve) => {
+        socket.timeout(ACK_TIMEOUT_MS).emit('chat:start', payload, (timeout, ack) => {
+          if (timeout) {
+            // No answer: the server may still have started it; the reconnect
+            // path or the final event sorts that out. Let the person try again.
+            if (replyRef.current === reply && reply.messageId === null) {
+              refuse({ code: 'UNAVAILABLE', message: 'The server did not answer in time.' });
+              resolve(false);
+            } else {
+              resolve(true);
+            }
+            return;
+          }
+          if (!ack.ok) {
+            refuse(ack.error);
+            resolve(false);
+            return;
+          }
+          if (replyRef.current === reply) {
+            reply.messageId ??= ack.messageId;
+            reply.conversationId ??= ack.conversationId;
+          }
+          if (visibleRef.current === null) {
+            visibleRef.current = ack.conversationId;
+            setConversationId(ack.conversationId);
+          }
+          resolve(true);
+        });
+      });
+    },
+    [fail],
+  );
+
+  const stop = useCallback(() => {
+    const socket = socketRef.current;
+    if (!socket?.connected || !replyRef.current) return;
+    // The reply ends with chat:stopped (or, if it had just finished, chat:end).
+    socket.timeout(ACK_TIMEOUT_MS).emit('chat:stop', (timeout, ack) => {
+      if (!timeout && !ack.ok) fail(ack.error);
+    });
+  }, [fail]);
+
+  const open = useCallback(
+    async (id: string) => {
+      visibleRef.current = id;
+      setConversationId(id);
+      setMessages([]);
+      setError(null);
+      await load(id);
+    },
+    [load],
+  );
+
+  const newChat = useCallback(() => {
+    loadSeq.current += 1;
+    visibleRef.current = null;
+    setConversationId(null);
+    setMessages([]);
+    setError(null);
+    setLoading(false);
+  }, []);
+
+  const dismissError = useCallback(() => setError(null), []);
+
+  return {
+    connection,
+    connectionDetail,
+    conversationId,
+    messages,
+    streaming,
+    loading,
+    error,
+    send,
+    stop,
+    open,
+    newChat,
+    dismissError,
+  };
+}
