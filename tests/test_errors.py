@@ -17,6 +17,7 @@ BAD_PAYLOADS: list[tuple[Any, str]] = [
     ({}, "VALIDATION_ERROR"),
     ({"message": ""}, "VALIDATION_ERROR"),
     ({"message": "   "}, "VALIDATION_ERROR"),
+    ({"message": "nul\x00byte"}, "VALIDATION_ERROR"),
     ({"message": 42}, "VALIDATION_ERROR"),
     ({"message": "hi", "maxTokens": "5"}, "VALIDATION_ERROR"),
     ({"message": "hi", "maxTokens": 0}, "VALIDATION_ERROR"),
@@ -190,3 +191,22 @@ async def test_no_retry_after_a_token_reached_the_client(
         error = (await c.wait_for("chat:error"))[1]
         assert error["code"] == "UPSTREAM_ERROR"
         assert len(gw.upstream.requests) == 1
+
+
+@pytest.mark.parametrize("event", ["connect", "disconnect", "message", "connect_error"])
+async def test_reserved_event_names_from_a_client_change_nothing(
+    gateway: Gateway, client: Client, client_factory: Any, event: str
+) -> None:
+    """A crafted `disconnect` event must not make the server forget who this socket is."""
+    bob = client_factory()
+    await bob.connect(gateway.url, gateway.token("bob"))
+    await bob.emit("chat:start", {"message": "bob's"})
+    end = (await bob.wait_for("chat:end"))[1]
+
+    ack = await client.call(event, {"REMOTE_ADDR": "1.2.3.4"})
+    assert ack["ok"] is False and ack["error"]["code"] == "VALIDATION_ERROR"
+    assert client.sio.connected
+    peek = await client.call(
+        "chat:start", {"message": "peek", "userId": "bob", "conversationId": end["conversationId"]}
+    )
+    assert peek["error"]["code"] == "FORBIDDEN"

@@ -31,7 +31,7 @@ class GracefulServer(uvicorn.Server):
         super().__init__(config)
         self.tokenwire = app
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:  # noqa: ARG002 - uvicorn's signature
         # uvicorn records the signal and re-raises it after shutdown, so the
         # process would die "by signal 15". A drained shutdown is a clean
         # exit: status 0. A second Ctrl-C still forces the exit.

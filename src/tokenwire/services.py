@@ -60,6 +60,7 @@ class Services:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
         )
         housekeeping: asyncio.Task[None] | None = None
+        chat: ChatService | None = None
         try:
             if settings.is_sqlite:
                 await migrations.upgrade(database)
@@ -85,5 +86,7 @@ class Services:
                 housekeeping.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await housekeeping
+            if chat is not None:
+                await chat.limits.aclose()
             await http.aclose()
             await database.dispose()

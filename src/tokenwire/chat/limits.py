@@ -27,7 +27,10 @@ class Limits:
     def __init__(self, settings: Settings) -> None:
         storage: Storage
         if settings.redis_url:
-            storage = cast(Storage, storage_from_string("async+" + settings.redis_url))
+            storage = cast(
+                Storage,
+                storage_from_string("async+" + settings.redis_url, implementation="redispy"),
+            )
         else:
             storage = MemoryStorage()
         self._storage = storage
@@ -35,6 +38,12 @@ class Limits:
         self._chat: RateLimitItem = parse(settings.rate_limit_chat)
         self._connect: RateLimitItem = parse(settings.connect_rate_per_ip)
         self._max_streams = settings.max_streams_per_user
+
+    async def aclose(self) -> None:
+        """Close the Redis connection pool, if counters live in Redis."""
+        client = getattr(getattr(self._storage, "bridge", None), "storage", None)
+        if client is not None:
+            await client.aclose()
 
     async def check_start(self, user_id: str, running: int) -> None:
         if running >= self._max_streams:

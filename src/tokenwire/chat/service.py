@@ -25,7 +25,7 @@ from typing import Any
 
 from tokenwire.chat.limits import Limits
 from tokenwire.chat.replies import Reply, ReplyRegistry
-from tokenwire.chat.writer import ChunkWriter, Emit
+from tokenwire.chat.writer import ChunkWriter, Sink
 from tokenwire.config import Settings
 from tokenwire.errors import (
     Busy,
@@ -86,13 +86,11 @@ class ChatService:
             if settings.system_prompt
             else []
         )
-        self._save_tasks: set[asyncio.Task[None]] = set()
-        self._checkpointer: asyncio.Task[None] | None = None
 
     # --- turns
 
     async def start(
-        self, user_id: str, sid: str | None, emit: Emit | None, chat: StartChat
+        self, user_id: str, sid: str | None, sink: Sink | None, chat: StartChat
     ) -> Started:
         if not self.accepting:
             raise ServerShutdown("The server is restarting. Please try again in a moment.")
@@ -114,7 +112,8 @@ class ChatService:
                 FinishedReply("", MessageStatus.ERROR, "busy", model, 0, 0),
             )
             raise Busy()
-        if emit is not None:
+        if sink is not None:
+            emit = sink.emit
             if turn.created:
                 await emit("chat:conversation", {"conversationId": turn.conversation_id})
             await emit(
@@ -139,7 +138,7 @@ class ChatService:
             else chat.temperature,
         )
         writer = ChunkWriter(
-            emit,
+            sink,
             message_id=turn.assistant_message_id,
             conversation_id=turn.conversation_id,
             flush_s=self.settings.stream_flush_ms / 1000,

@@ -9,6 +9,11 @@ With STREAM_FLUSH_MS > 0, tokens that arrive within the interval after a send
 are coalesced into one frame: fewer frames, less CPU per token. The first
 chunk, and any chunk after a quiet spell longer than the interval, goes at
 once, so coalescing never delays the first token.
+
+A client that stops reading must not grow the server's memory: when the
+socket's send queue (`Sink.backlog`) holds frames, new text is coalesced into
+one pending chunk sent every 50 ms at most; past MAX_SOCKET_BACKLOG frames the
+client is disconnected. Its reply keeps generating and is saved.
 """
 
 from __future__ import annotations
@@ -16,13 +21,27 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ChunkWriter", "Emit", "utf16_len"]
+__all__ = ["ChunkWriter", "Emit", "Sink", "utf16_len"]
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+_CONGESTED_AT = 2  # frames waiting in the socket's queue: the client is lagging
+_CONGESTED_FLUSH_S = 0.05
+
+
+@dataclass(slots=True, frozen=True)
+class Sink:
+    """Where one socket's events go: how to send, how far behind it is, how to cut it off."""
+
+    emit: Emit
+    backlog: Callable[[], int] | None = None
+    disconnect: Callable[[], Awaitable[None]] | None = None
+    max_backlog: int = 256
 
 
 def utf16_len(text: str) -> int:
@@ -31,7 +50,10 @@ def utf16_len(text: str) -> int:
 
 class ChunkWriter:
     __slots__ = (
+        "_backlog",
         "_conversation_id",
+        "_disconnect",
+        "_max_backlog",
         "_flush_s",
         "_flusher",
         "_last_send",
@@ -44,9 +66,12 @@ class ChunkWriter:
     )
 
     def __init__(
-        self, emit: Emit | None, *, message_id: str, conversation_id: str, flush_s: float
+        self, sink: Sink | None, *, message_id: str, conversation_id: str, flush_s: float
     ) -> None:
-        self.emit = emit
+        self.emit = sink.emit if sink is not None else None
+        self._backlog = sink.backlog if sink is not None else None
+        self._disconnect = sink.disconnect if sink is not None else None
+        self._max_backlog = sink.max_backlog if sink is not None else 0
         self.sent = 0  # UTF-16 units already sent
         self._message_id = message_id
         self._conversation_id = conversation_id
@@ -60,12 +85,19 @@ class ChunkWriter:
     async def write(self, text: str) -> None:
         if self.emit is None:
             return
-        if self._flush_s <= 0:
+        congested = False
+        if self._backlog is not None:
+            depth = self._backlog()
+            if depth >= self._max_backlog:
+                await self._overflow()
+                return
+            congested = depth >= _CONGESTED_AT
+        if self._flush_s <= 0 and not congested:
             await self._send(text)
             return
         self._pending.append(text)
         if self._timer is None and self._flusher is None:
-            due = self._last_send + self._flush_s
+            due = self._last_send + (self._flush_s or _CONGESTED_FLUSH_S)
             if self._loop.time() >= due:
                 await self._send_pending()
             else:
@@ -88,6 +120,13 @@ class ChunkWriter:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    async def _overflow(self) -> None:
+        log.warning("client is not reading; disconnecting it (its reply continues and is saved)")
+        disconnect = self._disconnect
+        self.detach()
+        if disconnect is not None:
+            await disconnect()
 
     def _on_timer(self) -> None:
         self._timer = None

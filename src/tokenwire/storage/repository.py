@@ -45,6 +45,11 @@ class FinishedReply:
     completion_tokens: int | None
 
 
+def _storable(text: str) -> str:
+    """Model output with NUL replaced: PostgreSQL's text type cannot hold it."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def _title(text: str) -> str:
     line = " ".join(text.split())
     return line if len(line) <= _TITLE_CHARS else line[: _TITLE_CHARS - 1] + "…"
@@ -112,17 +117,18 @@ class Repository:
             await session.execute(
                 update(Message)
                 .where(Message.id == message_id, Message.status == MessageStatus.STREAMING.value)
-                .values(content=content, updated_at=utcnow())
+                .values(content=_storable(content), updated_at=utcnow())
             )
 
     async def finish_reply(self, message_id: str, reply: FinishedReply) -> None:
         now = utcnow()
+        content = _storable(reply.content)
         async with self.db.session() as session:
             await session.execute(
                 update(Message)
                 .where(Message.id == message_id)
                 .values(
-                    content=reply.content,
+                    content=content,
                     status=reply.status.value,
                     finish_reason=reply.finish_reason,
                     model=reply.model,

@@ -10,6 +10,7 @@ acknowledgement when the client asks for one: `{ok: true, ...ids}` or
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ import socketio
 
 from tokenwire.auth import Principal
 from tokenwire.chat import ChatService
+from tokenwire.chat.writer import Sink
 from tokenwire.config import Settings
 from tokenwire.errors import (
     Forbidden,
@@ -31,7 +33,7 @@ from tokenwire.errors import (
 from tokenwire.logs import bind
 from tokenwire.wire.payloads import parse_start
 
-__all__ = ["AiNamespace", "Runtime"]
+__all__ = ["AiNamespace", "GatewayServer", "Runtime"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,38 @@ class Runtime:
         self.settings = settings
         self.chat = chat
         self.verify = verify
+
+
+class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's server, refusing event packets that it would mis-dispatch.
+
+    python-socketio hands a client's EVENT packet named `connect` or
+    `disconnect` to the same handlers as the real lifecycle events, so a
+    connected client could re-run authentication or forget its own identity
+    with a crafted frame. Such events, and event packets whose payload is not
+    a list starting with a string, are answered with VALIDATION_ERROR here and
+    go no further.
+    """
+
+    async def _handle_event(
+        self, eio_sid: str, namespace: str | None, id: int | None, data: Any
+    ) -> None:
+        name = data[0] if isinstance(data, list) and data else None
+        if isinstance(name, str) and name not in self.reserved_events and name != "message":
+            await super()._handle_event(eio_sid, namespace, id, data)
+            return
+        namespace = namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self.manager.is_connected(sid, namespace):
+            return
+        error = ValidationFailed("That event name is reserved or malformed.")
+        await self.emit("chat:error", error_payload(error), to=sid, namespace=namespace)
+        if id is not None:
+            ack = {"ok": False, "error": {"code": error.code, "message": error.message}}
+            await self._send_packet(
+                eio_sid,
+                self.packet_class(socketio.packet.ACK, namespace=namespace, id=id, data=[ack]),
+            )
 
 
 class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
@@ -165,11 +199,8 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         else:
             user_id = claimed_user
 
-        async def emit(event: str, payload: dict[str, Any]) -> None:
-            await self.emit(event, payload, to=sid)
-
         with bind(user_id=user_id, conversation_id=chat.conversation_id):
-            started = await runtime.chat.start(user_id, sid, emit, chat)
+            started = await runtime.chat.start(user_id, sid, self._sink(sid), chat)
         return {
             "conversationId": started.conversation_id,
             "userMessageId": started.user_message_id,
@@ -186,10 +217,41 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             "messageId": reply.message_id,
         }
 
+    def _sink(self, sid: str) -> Sink:
+        server = self.server
+        manager = server.manager
+
+        async def emit(event: str, payload: dict[str, Any]) -> None:
+            # The reply runs on the node that holds its socket: emit locally,
+            # never through the Redis queue.
+            await server.emit(event, payload, to=sid, namespace=NAMESPACE, ignore_queue=True)
+
+        def backlog() -> int:
+            socket = server.eio.sockets.get(manager.eio_sid_from_sid(sid, NAMESPACE))
+            return socket.queue.qsize() if socket is not None else 0
+
+        async def disconnect() -> None:
+            # Engine.IO level, without waiting: a polite close would queue
+            # behind everything the client never read and wait for it forever.
+            socket = server.eio.sockets.get(manager.eio_sid_from_sid(sid, NAMESPACE))
+            if socket is None:
+                return
+            _discard_queue(socket.queue)
+            await socket.close(wait=False, abort=True, reason=server.eio.reason.SERVER_DISCONNECT)
+            socket.queue.put_nowait(None)  # wakes a websocket writer so it exits
+
+        return Sink(emit, backlog, disconnect, self.settings.max_socket_backlog)
+
     def _runtime(self) -> Runtime:
         if self.runtime is None:
             raise TokenwireError("The server is starting. Please try again in a moment.")
         return self.runtime
+
+
+def _discard_queue(queue: asyncio.Queue[Any]) -> None:
+    while not queue.empty():
+        queue.get_nowait()
+        queue.task_done()
 
 
 def _bearer(header: object) -> str | None:

@@ -48,6 +48,9 @@ class ChatStartPayload(BaseModel):
         limit = _settings(info).max_message_chars
         if not value.strip():
             raise ValueError("must not be empty")
+        if "\x00" in value:
+            # PostgreSQL cannot store NUL in text, and no person types one.
+            raise ValueError("must not contain NUL characters")
         if len(value) > limit:
             raise ValueError(f"must be at most {limit} characters")
         return value
