@@ -28,7 +28,10 @@ function Figure({ name, label, value }: { name: string; label: string; value: st
 
 function age(iso: string, now: number): string {
   const s = Math.max(0, Math.round((now - new Date(iso).getTime()) / 1000));
-  return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`;
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  if (s < 86_400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86_400)} d`;
 }
 
 function Replies({ replies, stop }: { replies: RunningReply[]; stop: (id: string) => Promise<string | null> }) {
