@@ -171,7 +171,7 @@ class Client:
         self.events: list[tuple[str, Any]] = []
         self._changed = asyncio.Condition()
         self.connect_error: Any = None
-        self._seen: set[int] = set()
+        self._cursor = 0
         for name in self.EVENTS:
             self.sio.on(name, self._recorder(name), namespace="/ai")
         self.sio.on("connect_error", self._on_connect_error, namespace="/ai")
@@ -211,15 +211,15 @@ class Client:
         return await self.sio.call(event, *args, namespace="/ai", timeout=timeout)
 
     async def wait_for(self, *names: str, timeout: float = 10) -> tuple[str, Any]:
-        """The first event (after those already consumed by an earlier wait) named one of `names`."""
+        """The next event named one of `names`, after the one the previous wait returned."""
 
         async def find() -> tuple[str, Any]:
             async with self._changed:
                 while True:
-                    for event in self.events:
-                        if event[0] in names and id(event) not in self._seen:
-                            self._seen.add(id(event))
-                            return event
+                    for index in range(self._cursor, len(self.events)):
+                        if self.events[index][0] in names:
+                            self._cursor = index + 1
+                            return self.events[index]
                     await self._changed.wait()
 
         return await asyncio.wait_for(find(), timeout)

@@ -1,0 +1,177 @@
+"""Persistence on every backend: SQLite always, PostgreSQL whenever it is reachable.
+
+Also: a database outage answers UNAVAILABLE, keeps every socket working, and
+heals by itself when the database returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import POSTGRES_URL, GatewayFactory, require_service, reset_postgres
+from tokenwire.storage import Database
+from tokenwire.storage.migrate import is_current, upgrade
+from tokenwire.testing import Script
+
+
+async def test_every_ending_is_saved_with_its_status(
+    gateway_factory: GatewayFactory, client_factory: Any, database_url: str
+) -> None:
+    async with gateway_factory(database_url=database_url) as gw:
+        c = client_factory()
+        await c.connect(gw.url, gw.token("alice"))
+        gw.upstream.enqueue(Script(tokens=["Hi", " there"]))
+        await c.emit(
+            "chat:start", {"message": "Robert'); DROP TABLE messages;-- <script>x</script>"}
+        )
+        complete = (await c.wait_for("chat:end"))[1]
+        conversation = complete["conversationId"]
+
+        gw.upstream.enqueue(Script(count=300, delay_s=0.01))
+        await c.emit("chat:start", {"message": "long", "conversationId": conversation})
+        await c.wait_for("chat:message")
+        await c.call("chat:stop")
+        stopped = (await c.wait_for("chat:stopped"))[1]
+
+        gw.upstream.enqueue(Script(count=10, drop_after=3))
+        await c.emit("chat:start", {"message": "fails", "conversationId": conversation})
+        failed = (await c.wait_for("chat:error"))[1]
+
+        gw.upstream.enqueue(Script(tokens=["ok"]))
+        await c.emit("chat:start", {"message": "after", "conversationId": conversation})
+        await c.wait_for("chat:end")
+        # The stopped and failed replies were part of the history sent upstream, as saved.
+        assert {"role": "assistant", "content": stopped["content"]} in gw.upstream.requests[
+            -1
+        ].messages
+        assert {"role": "assistant", "content": "token0 token1 token2 "} in gw.upstream.requests[
+            -1
+        ].messages
+
+        messages = await gw.services.repository.list_messages("alice", conversation)
+        assert [(m.role, m.status) for m in messages] == [
+            ("user", "complete"),
+            ("assistant", "complete"),
+            ("user", "complete"),
+            ("assistant", "stopped"),
+            ("user", "complete"),
+            ("assistant", "error"),
+            ("user", "complete"),
+            ("assistant", "complete"),
+        ]
+        # SQL- and HTML-looking text is stored and returned verbatim.
+        assert messages[0].content == "Robert'); DROP TABLE messages;-- <script>x</script>"
+        assert messages[1].content == "Hi there" and messages[1].created_at.tzinfo is not None
+        assert messages[3].content == stopped["content"]
+        assert (
+            messages[5].id == failed["messageId"] and messages[5].content == "token0 token1 token2 "
+        )
+        headers = {"Authorization": f"Bearer {gw.token('alice')}"}
+        async with httpx.AsyncClient(base_url=gw.url, headers=headers) as http:
+            listed = (await http.get(f"/api/conversations/{conversation}/messages")).json()
+            assert listed[0]["content"] == messages[0].content
+            assert listed[3]["status"] == "stopped"
+
+
+async def test_migrations_apply_once_and_report_current(database_url: str) -> None:
+    database = Database(database_url)
+    try:
+        await upgrade(database)  # already at head: a no-op
+        assert await is_current(database)
+    finally:
+        await database.dispose()
+
+
+class _Proxy:
+    """A TCP proxy to PostgreSQL that the test can cut and restore: a database outage on demand."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.pipes: set[asyncio.Task[None]] = set()
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+        for writer in list(self.writers):
+            writer.close()
+        for task in list(self.pipes):
+            task.cancel()
+        await asyncio.gather(*self.pipes, return_exceptions=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self.writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        for task in (
+            asyncio.create_task(pipe(reader, up_writer)),
+            asyncio.create_task(pipe(up_reader, writer)),
+        ):
+            self.pipes.add(task)
+            task.add_done_callback(self.pipes.discard)
+
+
+@pytest.mark.postgres
+async def test_database_outage_answers_unavailable_and_heals(
+    gateway_factory: GatewayFactory, client_factory: Any
+) -> None:
+    require_service("PostgreSQL", POSTGRES_URL, 5432)
+    await reset_postgres(POSTGRES_URL)
+    database = Database(POSTGRES_URL)
+    await upgrade(database)
+    await database.dispose()
+    proxy = _Proxy(5432)
+    await proxy.start()
+    url = POSTGRES_URL.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    async with gateway_factory(database_url=url) as gw:
+        alice, bob = client_factory(), client_factory()
+        await alice.connect(gw.url, gw.token("alice"))
+        await bob.connect(gw.url, gw.token("bob"))
+        assert (await alice.call("chat:start", {"message": "before"}))["ok"]
+        await alice.wait_for("chat:end")
+
+        await proxy.cut()
+        refused = await alice.call("chat:start", {"message": "during"})
+        assert refused["error"]["code"] == "UNAVAILABLE"
+        assert (await alice.wait_for("chat:error"))[1]["code"] == "UNAVAILABLE"
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            assert (await http.get("/readyz")).status_code == 503
+            assert (await http.get("/healthz")).status_code == 200
+        # Sockets stay up and keep answering.
+        assert alice.sio.connected and bob.sio.connected
+        assert (await bob.call("chat:stop")) == {"ok": True, "stopped": False}
+
+        await proxy.start()  # the database is back, on the same port
+        for _ in range(50):
+            ack = await alice.call("chat:start", {"message": "after"})
+            if ack["ok"]:
+                break
+            await asyncio.sleep(0.2)
+        assert ack["ok"], ack
+        await alice.wait_for("chat:end")
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            assert (await http.get("/readyz")).status_code == 200
+    await proxy.cut()
