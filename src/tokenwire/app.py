@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,10 +25,11 @@ from fastapi.responses import JSONResponse
 from starlette.middleware.cors import CORSMiddleware
 
 from tokenwire import __version__
-from tokenwire.api import conversations, dev, health, web
+from tokenwire.api import conversations, dev, health, monitoring, web
 from tokenwire.config import Settings
 from tokenwire.errors import TokenwireError
 from tokenwire.services import Services
+from tokenwire.wire.admin import AdminNamespace
 from tokenwire.wire.codec import OrjsonCodec
 from tokenwire.wire.gateway import AiNamespace, GatewayServer, Runtime
 
@@ -87,6 +89,18 @@ def _origin_check(settings: Settings) -> Callable[[str | None, dict[str, Any]], 
     return check
 
 
+async def _every_second(tick: Callable[[], Awaitable[None]]) -> None:
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    while True:
+        next_at += 1.0
+        await asyncio.sleep(max(0.0, next_at - loop.time()))
+        try:
+            await tick()
+        except Exception:
+            logging.getLogger(__name__).exception("admin broadcast failed")
+
+
 async def _close_manager(manager: Any) -> None:
     """Stop a Redis client manager's listener and close its connections (python-socketio has no close)."""
     if not isinstance(manager, socketio.AsyncRedisManager):
@@ -121,16 +135,26 @@ def create_app(settings: Settings) -> TokenwireApp:
         engineio_logger=False,
     )
     sio.register_namespace(namespace)
+    admin = AdminNamespace()
+    sio.register_namespace(admin)
 
     @asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
         async with Services.start(settings) as services:
             api.state.services = services
-            namespace.runtime = Runtime(settings, services.chat, services.authenticator.verify)
+            runtime = Runtime(settings, services.chat, services.authenticator.verify)
+            namespace.runtime = admin.runtime = runtime
+            services.chat.metrics.connections = lambda: namespace.connected
+            broadcaster = asyncio.create_task(
+                _every_second(admin.broadcast), name="admin-broadcast"
+            )
             try:
                 yield
             finally:
-                namespace.runtime = None
+                broadcaster.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await broadcaster
+                namespace.runtime = admin.runtime = None
         await _close_manager(sio.manager)
 
     api = FastAPI(
@@ -166,6 +190,7 @@ def create_app(settings: Settings) -> TokenwireApp:
 
     api.include_router(health.router)
     api.include_router(conversations.router)
+    api.include_router(monitoring.router)
     if not settings.is_production:
         api.include_router(dev.router)
     api.include_router(web.router)  # last: the pages and their assets

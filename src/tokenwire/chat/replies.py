@@ -11,6 +11,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
 
 from tokenwire.chat.writer import ChunkWriter
@@ -33,6 +34,8 @@ class Reply:
     task: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
     checkpointed_parts: int = 0
+    started_at: float = field(default_factory=lambda: asyncio.get_running_loop().time())
+    started_wall: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
     def content(self) -> str:

@@ -37,6 +37,7 @@ from tokenwire.errors import (
     UpstreamTimeout,
     error_payload,
 )
+from tokenwire.metrics import Metrics
 from tokenwire.providers import ChatRequest, Provider, StreamEnd, Usage
 from tokenwire.storage import FinishedReply, MessageStatus, Repository
 from tokenwire.storage.models import utcnow
@@ -74,12 +75,16 @@ class ChatService:
         repository: Repository,
         provider: Provider,
         limits: Limits | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.repository = repository
         self.provider = provider
         self.limits = limits or Limits(settings)
         self.replies = ReplyRegistry()
+        self.metrics = metrics or Metrics()
+        self.metrics.streaming = self.replies.__len__
+        self.metrics.live_tokens = lambda: sum(len(r.parts) for r in self.replies)
         self.accepting = True
         self._system = (
             [{"role": "system", "content": settings.system_prompt}]
@@ -147,6 +152,7 @@ class ChatService:
             turn.assistant_message_id, turn.conversation_id, user_id, sid, request, writer
         )
         self.replies.add(reply)
+        self.metrics.reply_started(model)
         reply.task = asyncio.create_task(self._run(reply), name=f"reply:{reply.message_id}")
         log.info(
             "reply started",
@@ -160,7 +166,13 @@ class ChatService:
 
     async def stop(self, sid: str) -> Reply | None:
         """Stop this socket's running reply and wait until it is saved and announced."""
-        reply = self.replies.for_sid(sid)
+        return await self._stop(self.replies.for_sid(sid))
+
+    async def stop_message(self, message_id: str) -> Reply | None:
+        """Stop any running reply by id (the admin dashboard's Stop button)."""
+        return await self._stop(self.replies.get(message_id))
+
+    async def _stop(self, reply: Reply | None) -> Reply | None:
         if reply is None or reply.task is None:
             return None
         reply.cancel("stopped")
@@ -212,12 +224,17 @@ class ChatService:
         idle = self.settings.upstream_idle_timeout_s
         parts, writer = reply.parts, reply.writer
         end: StreamEnd | None = None
+        waiting_since: float | None = loop.time()
         try:
             async with asyncio.timeout(self.settings.upstream_timeout_s) as deadline:
                 async with aclosing(self.provider.stream(reply.request)) as stream:
                     async for item in stream:
                         if type(item) is str:
-                            deadline.reschedule(loop.time() + idle)
+                            now = loop.time()
+                            deadline.reschedule(now + idle)
+                            if waiting_since is not None:
+                                self.metrics.first_token(now - waiting_since)
+                                waiting_since = None
                             parts.append(item)
                             await writer.write(item)
                         elif isinstance(item, StreamEnd):
@@ -248,6 +265,17 @@ class ChatService:
                 content, status, finish_reason, model, usage.prompt_tokens, usage.completion_tokens
             ),
         )
+        self.metrics.reply_finished(
+            status=status.value,
+            finish_reason=finish_reason,
+            model=model,
+            tokens=len(reply.parts),
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            seconds=asyncio.get_running_loop().time() - reply.started_at,
+        )
+        if error is not None:
+            self.metrics.error(error.code)
         log.info(
             "reply %s",
             status.value,

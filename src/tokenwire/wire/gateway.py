@@ -102,7 +102,7 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             "chat:start": self._chat_start,
             "chat:stop": self._chat_stop,
         }
-        self.on_event: Callable[[str, float, str | None], None] | None = None
+        self.connected = 0
 
     # --- connection
 
@@ -137,10 +137,12 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 )
             self._per_user[principal.user_id] = count + 1
             self.principals[sid] = principal
+        self.connected += 1
         with bind(sid=sid, user_id=principal.user_id if principal else None):
-            log.info("client connected; %d connected", len(self.principals))
+            log.info("client connected; %d connected", self.connected)
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        self.connected -= 1
         principal = self.principals.pop(sid, None)
         if principal is not None:
             left = self._per_user.get(principal.user_id, 1) - 1
@@ -151,7 +153,7 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if self.runtime is not None:
             self.runtime.chat.detach(sid)
         with bind(sid=sid, user_id=principal.user_id if principal else None):
-            log.info("client disconnected (%s); %d connected", reason, len(self.principals))
+            log.info("client disconnected (%s); %d connected", reason, self.connected)
 
     # --- events
 
@@ -181,10 +183,13 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                     error["retryAfter"] = payload["retryAfter"]
                 return {"ok": False, "error": error}
             finally:
-                if self.on_event is not None:
-                    self.on_event(
-                        event if handler else "unknown", time.perf_counter() - started, code
+                if self.runtime is not None:
+                    metrics = self.runtime.chat.metrics
+                    metrics.event_handled(
+                        event if handler else "unknown", time.perf_counter() - started
                     )
+                    if code is not None:
+                        metrics.error(code)
 
     async def _chat_start(self, sid: str, data: tuple[Any, ...]) -> dict[str, Any]:
         runtime = self._runtime()
