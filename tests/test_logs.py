@@ -7,12 +7,12 @@ import logging
 import orjson
 import pytest
 
-from tests.conftest import Client, Gateway
+from tests.conftest import Client
 from tokenwire.logs import _JsonFormatter, _TextFormatter, bind, configure_logging
 
 
 async def test_a_turn_logs_ids_but_never_the_message_text(
-    gateway: Gateway, client: Client, caplog: pytest.LogCaptureFixture
+    client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="tokenwire")
     await client.emit("chat:start", {"message": "my secret diagnosis"})
