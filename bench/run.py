@@ -70,7 +70,7 @@ def _settings(args: argparse.Namespace, logs: Path) -> Settings:
             b2_window_s=20,
             b2_flush_extra=(20,),
             b5_pairs=2,
-            b3_levels=(250, 500, 1000, 2000, 4000),
+            b3_levels=(25, 50, 100, 200, 400, 800, 1600, 3200),
             b3_bisect=3,
             b3_warmup_s=4,
             b3_window_s=10,

@@ -51,11 +51,11 @@ class Settings:
     b5_pairs: int = 1
     b3_rate: float = 50.0
     b3_reply_s: float = 6.0
-    b3_levels: tuple[int, ...] = (500, 1000, 2000)
+    b3_levels: tuple[int, ...] = (50, 100, 200, 400, 800, 1600)
     b3_bisect: int = 1
-    b3_warmup_s: float = 3.0
-    b3_window_s: float = 4.0
-    b3_budget_s: float = 60.0
+    b3_warmup_s: float = 2.0
+    b3_window_s: float = 3.0
+    b3_budget_s: float = 45.0
     b4_clients: int = 5000
     b4_hold_s: float = 6.0
     b4_ping_s: float = 2.0
