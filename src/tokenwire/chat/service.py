@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from tokenwire.chat.deadline import Deadline
 from tokenwire.chat.limits import Limits
 from tokenwire.chat.replies import Reply, ReplyRegistry
 from tokenwire.chat.writer import ChunkWriter, Sink
@@ -205,6 +206,8 @@ class ChatService:
                 task.uncancel()
             if reply.stop_reason in ("stopped", "deleted"):
                 status = MessageStatus.STOPPED
+            elif reply.stop_reason == "timeout":
+                status, error = MessageStatus.ERROR, UpstreamTimeout()
             else:
                 status = MessageStatus.INTERRUPTED
                 error = ServerShutdown()
@@ -221,26 +224,28 @@ class ChatService:
 
     async def _pump(self, reply: Reply) -> StreamEnd:
         loop = asyncio.get_running_loop()
-        idle = self.settings.upstream_idle_timeout_s
         parts, writer = reply.parts, reply.writer
         end: StreamEnd | None = None
-        waiting_since: float | None = loop.time()
+        started = loop.time()
+        deadline = Deadline(
+            self.settings.upstream_timeout_s,
+            self.settings.upstream_idle_timeout_s,
+            lambda: reply.cancel("timeout"),
+        )
         try:
-            async with asyncio.timeout(self.settings.upstream_timeout_s) as deadline:
-                async with aclosing(self.provider.stream(reply.request)) as stream:
-                    async for item in stream:
-                        if type(item) is str:
-                            now = loop.time()
-                            deadline.reschedule(now + idle)
-                            if waiting_since is not None:
-                                self.metrics.first_token(now - waiting_since)
-                                waiting_since = None
-                            parts.append(item)
-                            await writer.write(item)
-                        elif isinstance(item, StreamEnd):
-                            end = item
-        except TimeoutError as exc:
-            raise UpstreamTimeout() from exc
+            async with aclosing(self.provider.stream(reply.request)) as stream:
+                async for item in stream:
+                    if type(item) is str:
+                        now = loop.time()
+                        if deadline.last is None:
+                            self.metrics.first_token(now - started)
+                        deadline.touch(now)
+                        parts.append(item)
+                        await writer.write(item)
+                    elif isinstance(item, StreamEnd):
+                        end = item
+        finally:
+            deadline.cancel()
         if end is None:
             raise UpstreamError()
         return end
