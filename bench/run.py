@@ -77,7 +77,7 @@ def _settings(args: argparse.Namespace, logs: Path) -> Settings:
             b3_budget_s=420,
             b4_clients=10_000,
             b4_hold_s=30,
-            b4_ping_s=10,
+            b4_ping_s=10,  # every connection answers 3 heartbeats in the hold
             **common,
         )
     return Settings(mode="quick", **common)

@@ -46,7 +46,7 @@ class Settings:
     b2_rate: float = 100.0
     b2_reply_tokens: int = 300
     b2_warmup_s: float = 2.0
-    b2_window_s: float = 5.0
+    b2_window_s: float = 4.0
     b2_flush_extra: tuple[float, ...] = ()
     b5_pairs: int = 1
     b3_rate: float = 50.0
@@ -55,10 +55,11 @@ class Settings:
     b3_bisect: int = 1
     b3_warmup_s: float = 2.0
     b3_window_s: float = 3.0
-    b3_budget_s: float = 45.0
+    b3_budget_s: float = 30.0
     b4_clients: int = 5000
-    b4_hold_s: float = 6.0
-    b4_ping_s: float = 2.0
+    b4_hold_s: float = 12.0
+    b4_ping_s: float = 10.0
+    b4_env: dict[str, str] = field(default_factory=dict)
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(48))
     users: int = 1000
     upstream: str = "lean"  # or "repo": python -m tokenwire.testing upstream
@@ -163,6 +164,7 @@ class Bench:
         self._tokens = [self.token(f"bench-u{i}") for i in range(settings.users)]
         self._users = [f"bench-u{i}" for i in range(settings.users)]
         self._run = 0
+        self._groups = 0
 
     def token(self, user: str) -> str:
         now = int(time.time())
@@ -236,6 +238,7 @@ class Bench:
         self, url: str, clients: int, *, expect_chars: int = 0, per_proc: int = 300
     ) -> LoadGroup:
         count = max(1, min(4, math.ceil(clients / per_proc)))
+        self._groups += 1
         procs = []
         for i in range(count):
             share = clients // count + (1 if i < clients % count else 0)
@@ -247,10 +250,10 @@ class Bench:
                 "expectChars": expect_chars,
                 "connectConcurrency": 50,
             }
-            path = self.s.logs / f"loadgen-{self._run}-{i}.json"
+            path = self.s.logs / f"loadgen-{self._groups}-{i}.json"
             path.write_bytes(orjson.dumps(config))
             proc = await self.procs.start(
-                f"loadgen-{self._run}-{i}",
+                f"loadgen-{self._groups}-{i}",
                 ["node", str(BENCH / "loadgen" / "loadgen.js"), str(path)],
                 env={"NODE_PATH": str(self.s.cache / "loadgen" / "node_modules")},
                 pipe=True,
@@ -493,7 +496,7 @@ class Bench:
         s = self.s
         upstream, up_url = await self.upstream(1, 1)
         server, url = await self.tokenwire(
-            up_url, 0, {"PING_INTERVAL": f"{s.b4_ping_s:g}", "PING_TIMEOUT": "20"}
+            up_url, 0, {"PING_INTERVAL": f"{s.b4_ping_s:g}", "PING_TIMEOUT": "20", **self.s.b4_env}
         )
         group = await self.loadgen(url, s.b4_clients, per_proc=2500)
         warm: LoadGroup | None = None

@@ -31,7 +31,11 @@ CHUNK = {
 def _events(tokens: int) -> list[bytes]:
     token = b"data: " + orjson.dumps(CHUNK) + b"\n\n"
     finish = {**CHUNK, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-    usage = {**CHUNK, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": tokens, "total_tokens": tokens + 1}}
+    usage = {
+        **CHUNK,
+        "choices": [],
+        "usage": {"prompt_tokens": 1, "completion_tokens": tokens, "total_tokens": tokens + 1},
+    }
     return [
         *([token] * tokens),
         b"data: " + orjson.dumps(finish) + b"\n\n",
@@ -64,7 +68,12 @@ async def _lean(tokens: int) -> tuple[int, float]:
 
     async with _client(_events(tokens)) as http:
         provider = OpenAIProvider(http, base_url="http://upstream/v1", api_key="sk-bench")
-        request = ChatRequest(model="gpt-4", messages=[{"role": "user", "content": "hi"}], max_tokens=tokens, temperature=0.7)
+        request = ChatRequest(
+            model="gpt-4",
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=tokens,
+            temperature=0.7,
+        )
         started, count = time.process_time(), 0
         async for item in provider.stream(request):
             count += isinstance(item, str)
@@ -75,7 +84,9 @@ async def _sdk(tokens: int) -> tuple[int, float]:
     import openai
 
     async with _client(_events(tokens)) as http:
-        client = openai.AsyncOpenAI(api_key="sk-bench", base_url="http://upstream/v1", http_client=http)
+        client = openai.AsyncOpenAI(
+            api_key="sk-bench", base_url="http://upstream/v1", http_client=http
+        )
         started, count = time.process_time(), 0
         stream = await client.chat.completions.create(
             model="gpt-4",
