@@ -338,7 +338,8 @@ async def run(args: argparse.Namespace, logs: Path) -> int:
             ROOT / "docs" / "benchmarks.md",
             date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             command=f"uv run python bench/run.py --{s.mode}"
-            + (f" --only {args.only}" if args.only else ""),
+            + (f" --only {args.only}" if args.only else "")
+            + (f" --ref {args.ref}" if args.ref else ""),
             mode=s.mode,
             machine=host.line(),
             figures=figures,
