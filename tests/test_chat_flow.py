@@ -12,7 +12,9 @@ from tokenwire.testing import Script
 async def test_start_streams_events_in_order_with_guide_fields(
     gateway: Gateway, client: Client
 ) -> None:
-    gateway.upstream.enqueue(Script(tokens=["Hel", "lo", " wor", "ld"]))
+    gateway.upstream.enqueue(
+        Script(tokens=["Hel", "lo", " wor", "ld"], first_delay_s=0.2, delay_s=0.02)
+    )
     ack = await client.call("chat:start", {"userId": "alice", "message": "Say hello"})
     end = (await client.wait_for("chat:end"))[1]
 
@@ -126,3 +128,17 @@ async def test_disconnect_mid_reply_still_saves_whole_reply(
         await asyncio.sleep(0.02)
     assert message.status == "complete"
     assert message.content == "".join(f"token{i} " for i in range(20))
+
+
+async def test_tokens_before_the_turn_is_committed_wait_behind_user_message(
+    gateway: Gateway, client: Client
+) -> None:
+    """The upstream request starts while the turn is written; its first tokens are held, not lost."""
+    gateway.upstream.enqueue(Script(tokens=[f"t{i} " for i in range(30)]))
+    await client.emit("chat:start", {"message": "fast upstream"})
+    end = (await client.wait_for("chat:end"))[1]
+    assert client.order() == ["chat:conversation", "chat:user-message", "chat:message", "chat:end"]
+    chunks = client.named("chat:message")
+    offsets = [c["offset"] for c in chunks]
+    assert offsets == [sum(len(c["content"]) for c in chunks[:i]) for i in range(len(chunks))]
+    assert client.text() == end["content"] == "".join(f"t{i} " for i in range(30))

@@ -19,7 +19,7 @@ from tokenwire.providers import ChatRequest
 
 __all__ = ["Reply", "ReplyRegistry", "StopReason"]
 
-StopReason = Literal["stopped", "shutdown", "deleted", "timeout"]
+StopReason = Literal["stopped", "shutdown", "deleted", "timeout", "aborted"]
 
 
 @dataclass(eq=False, slots=True)

@@ -40,7 +40,7 @@ from tokenwire.errors import (
 )
 from tokenwire.metrics import Metrics
 from tokenwire.providers import ChatRequest, Provider, StreamEnd, Usage
-from tokenwire.storage import FinishedReply, MessageStatus, Repository
+from tokenwire.storage import FinishedReply, MessageStatus, Repository, Turn
 from tokenwire.storage.models import utcnow
 from tokenwire.tokens import count_messages, count_text, trim_history
 
@@ -67,6 +67,13 @@ class Started:
     conversation_id: str
     user_message_id: str
     message_id: str
+
+
+def _uncancel() -> None:
+    """We cancelled this task ourselves (stop, timeout, shutdown) and handle it: carry on."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 class ChatService:
@@ -106,42 +113,23 @@ class ChatService:
         if not self.settings.model_allowed(model):
             raise InvalidModel(f"The model '{model[:100]}' is not available here.")
         await self.limits.check_start(user_id, self.replies.count_for_user(user_id))
-
-        turn = await self.repository.begin_turn(
-            user_id=user_id, conversation_id=chat.conversation_id, text=chat.message, model=model
+        turn = Turn.new(chat.conversation_id)
+        history = (
+            []
+            if turn.created
+            else await self.repository.load_history(user_id, turn.conversation_id)
         )
         if sid is not None and self.replies.for_sid(sid) is not None:
-            # A second chat:start raced this one through the database: the
-            # first one to get here wins; this turn's reply is closed at once.
-            await self._save(
-                turn.assistant_message_id,
-                FinishedReply("", MessageStatus.ERROR, "busy", model, 0, 0),
-            )
-            raise Busy()
-        if sink is not None:
-            emit = sink.emit
-            if turn.created:
-                await emit("chat:conversation", {"conversationId": turn.conversation_id})
-            await emit(
-                "chat:user-message",
-                {
-                    "messageId": turn.user_message_id,
-                    "content": chat.message,
-                    "conversationId": turn.conversation_id,
-                },
-            )
+            raise Busy()  # a second chat:start on this socket got here first
 
         latest = {"role": "user", "content": chat.message}
-        messages = trim_history(
-            self._system, turn.history, latest, self.settings.history_max_tokens
-        )
         request = ChatRequest(
             model=model,
-            messages=messages,
+            messages=trim_history(self._system, history, latest, self.settings.history_max_tokens),
             max_tokens=chat.max_tokens or self.settings.default_max_tokens,
-            temperature=self.settings.default_temperature
-            if chat.temperature is None
-            else chat.temperature,
+            temperature=(
+                self.settings.default_temperature if chat.temperature is None else chat.temperature
+            ),
         )
         writer = ChunkWriter(
             sink,
@@ -153,8 +141,30 @@ class ChatService:
             turn.assistant_message_id, turn.conversation_id, user_id, sid, request, writer
         )
         self.replies.add(reply)
-        self.metrics.reply_started(model)
+        # The upstream request goes out now, while the turn is written: it
+        # does not depend on the write. Tokens are held by the writer until
+        # the turn is committed and announced, and a failed write aborts the
+        # reply before anything of it reaches anyone.
         reply.task = asyncio.create_task(self._run(reply), name=f"reply:{reply.message_id}")
+        try:
+            await self.repository.begin_turn(turn, user_id=user_id, text=chat.message, model=model)
+        except BaseException:
+            reply.cancel("aborted")
+            await asyncio.shield(reply.task)
+            raise
+        self.metrics.reply_started(model)
+        if sink is not None:
+            if turn.created:
+                await sink.emit("chat:conversation", {"conversationId": turn.conversation_id})
+            await sink.emit(
+                "chat:user-message",
+                {
+                    "messageId": turn.user_message_id,
+                    "content": chat.message,
+                    "conversationId": turn.conversation_id,
+                },
+            )
+        await writer.release()
         log.info(
             "reply started",
             extra={
@@ -201,16 +211,13 @@ class ChatService:
         try:
             end = await self._pump(reply)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            _uncancel()
             if reply.stop_reason in ("stopped", "deleted"):
                 status = MessageStatus.STOPPED
             elif reply.stop_reason == "timeout":
                 status, error = MessageStatus.ERROR, UpstreamTimeout()
             else:
-                status = MessageStatus.INTERRUPTED
-                error = ServerShutdown()
+                status, error = MessageStatus.INTERRUPTED, ServerShutdown()
         except UpstreamError as exc:
             status, error = MessageStatus.ERROR, exc
         except Exception as exc:
@@ -218,7 +225,16 @@ class ChatService:
             status, error = MessageStatus.ERROR, TokenwireError()
             error.__cause__ = exc
         try:
-            await self._finish(reply, status, end, error)
+            # The final event may only follow chat:user-message. (An aborted
+            # turn is never released; its abort cancels this wait too.)
+            if reply.stop_reason != "aborted":
+                await reply.writer.released.wait()
+        except asyncio.CancelledError:
+            _uncancel()
+        try:
+            if reply.stop_reason != "aborted":
+                await self._finish(reply, status, end, error)
+            # else: the turn was never committed; nothing to save, nobody to tell.
         finally:
             self.replies.remove(reply)
 

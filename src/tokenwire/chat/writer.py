@@ -56,12 +56,14 @@ class ChunkWriter:
         "_max_backlog",
         "_flush_s",
         "_flusher",
+        "_held",
         "_last_send",
         "_loop",
         "_message_id",
         "_pending",
         "_timer",
         "emit",
+        "released",
         "sent",
     )
 
@@ -81,9 +83,14 @@ class ChunkWriter:
         self._last_send = -float("inf")
         self._timer: asyncio.TimerHandle | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._held = True
+        self.released = asyncio.Event()
 
     async def write(self, text: str) -> None:
         if self.emit is None:
+            return
+        if self._held:
+            self._pending.append(text)
             return
         congested = False
         if self._backlog is not None:
@@ -102,6 +109,13 @@ class ChunkWriter:
                 await self._send_pending()
             else:
                 self._timer = self._loop.call_at(due, self._on_timer)
+
+    async def release(self) -> None:
+        """The turn is committed and announced: chunks may flow (held ones go at once)."""
+        self._held = False
+        self.released.set()
+        if self._pending and self.emit is not None:
+            await self._send_pending()
 
     async def flush(self) -> None:
         """Send whatever is pending; called before the reply's final event."""

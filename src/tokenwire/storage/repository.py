@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenwire.errors import NotFound
@@ -26,13 +27,17 @@ _TITLE_CHARS = 80
 
 @dataclass(slots=True, frozen=True)
 class Turn:
-    """What `begin_turn` committed: ids, and the history to send upstream."""
+    """The ids of one question and its reply, chosen before anything is written."""
 
     conversation_id: str
     created: bool
     user_message_id: str
     assistant_message_id: str
-    history: list[dict[str, str]]
+
+    @classmethod
+    def new(cls, conversation_id: str | None) -> Turn:
+        created = conversation_id is None
+        return cls(conversation_id or new_id(), created, new_id(), new_id())
 
 
 @dataclass(slots=True, frozen=True)
@@ -59,57 +64,66 @@ class Repository:
     def __init__(self, database: Database) -> None:
         self.db = database
 
-    async def begin_turn(
-        self, *, user_id: str, conversation_id: str | None, text: str, model: str
-    ) -> Turn:
-        """Commit the user's message and an empty streaming reply, in one transaction."""
-        now = utcnow()
+    async def load_history(self, user_id: str, conversation_id: str) -> list[dict[str, str]]:
+        """The conversation's messages as the model sees them; NotFound unless it is the user's."""
         async with self.db.session() as session:
-            created = conversation_id is None
-            history: list[dict[str, str]] = []
-            if conversation_id is None:
-                conversation = Conversation(
-                    id=new_id(),
-                    user_id=user_id,
-                    title=_title(text),
-                    model=model,
-                    created_at=now,
-                    updated_at=now,
-                )
-                session.add(conversation)
-            else:
-                conversation = await self._owned(session, user_id, conversation_id)
-                conversation.updated_at = now
-                conversation.model = model
-                rows = await session.execute(
-                    select(Message.role, Message.content)
-                    .where(Message.conversation_id == conversation.id, Message.content != "")
-                    .order_by(Message.created_at, Message.id)
-                )
-                history = [{"role": role, "content": content} for role, content in rows]
-            user_message = Message(
-                id=new_id(),
-                conversation_id=conversation.id,
-                role=Role.USER.value,
-                content=text,
-                status=MessageStatus.COMPLETE.value,
-                created_at=now,
-                updated_at=now,
+            await self._owned(session, user_id, conversation_id)
+            rows = await session.execute(
+                select(Message.role, Message.content)
+                .where(Message.conversation_id == conversation_id, Message.content != "")
+                .order_by(Message.created_at, Message.id)
             )
-            # One microsecond later, so ordering by time never puts the reply first.
-            later = now + timedelta(microseconds=1)
-            reply = Message(
-                id=new_id(),
-                conversation_id=conversation.id,
-                role=Role.ASSISTANT.value,
-                content="",
-                status=MessageStatus.STREAMING.value,
-                model=model,
-                created_at=later,
-                updated_at=later,
-            )
-            session.add_all([user_message, reply])
-        return Turn(conversation.id, created, user_message.id, reply.id, history)
+            return [{"role": role, "content": content} for role, content in rows]
+
+    async def begin_turn(self, turn: Turn, *, user_id: str, text: str, model: str) -> None:
+        """Commit the user's message and an empty streaming reply (and a new conversation), in one transaction."""
+        now = utcnow()
+        try:
+            async with self.db.session() as session:
+                if turn.created:
+                    session.add(
+                        Conversation(
+                            id=turn.conversation_id,
+                            user_id=user_id,
+                            title=_title(text),
+                            model=model,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+                else:
+                    conversation = await self._owned(session, user_id, turn.conversation_id)
+                    conversation.updated_at = now
+                    conversation.model = model
+                # The reply is one microsecond younger, so ordering by time
+                # never puts it before the question.
+                later = now + timedelta(microseconds=1)
+                session.add_all(
+                    [
+                        Message(
+                            id=turn.user_message_id,
+                            conversation_id=turn.conversation_id,
+                            role=Role.USER.value,
+                            content=text,
+                            status=MessageStatus.COMPLETE.value,
+                            created_at=now,
+                            updated_at=now,
+                        ),
+                        Message(
+                            id=turn.assistant_message_id,
+                            conversation_id=turn.conversation_id,
+                            role=Role.ASSISTANT.value,
+                            content="",
+                            status=MessageStatus.STREAMING.value,
+                            model=model,
+                            created_at=later,
+                            updated_at=later,
+                        ),
+                    ]
+                )
+        except IntegrityError as exc:
+            # The conversation was deleted between reading its history and now.
+            raise NotFound() from exc
 
     async def checkpoint(self, message_id: str, content: str) -> None:
         """Save what a streaming reply has so far (crash recovery; see `sweep_stale`)."""
