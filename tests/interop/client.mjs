@@ -13,6 +13,7 @@
 //   INTEROP_ORIGIN       sent as the Origin header (`extraHeaders`)
 //   INTEROP_USER         the userId sent with chat:start
 //   INTEROP_MESSAGE      the message sent with chat:start
+//   INTEROP_RETRIES      the `retries` option (with ackTimeout 10000), as the guide's Buffering
 //   INTEROP_LINGER       1: after the scenario, wait for Node to exit by itself
 //
 // Each line on stdout is one JSON object, {"event": name, "data": ...}: every
@@ -73,6 +74,11 @@ const options = { reconnection: false };
 if (token !== undefined) options.auth = { token };
 if (transports) options.transports = transports;
 if (env.INTEROP_ORIGIN) options.extraHeaders = { Origin: env.INTEROP_ORIGIN };
+if (env.INTEROP_RETRIES) {
+  // The guide's "Buffering": every emit then expects an ack, and is sent again without one.
+  options.ackTimeout = 10000;
+  options.retries = Number(env.INTEROP_RETRIES);
+}
 
 socket = io(url, options);
 
@@ -156,7 +162,15 @@ const scenarios = {
       text += chunk.content;
     });
     await connected();
-    socket.emit('chat:start', { userId, message });
+    // The guide's React component's payload, conversationId still null.
+    socket.emit('chat:start', {
+      userId,
+      message,
+      conversationId: null,
+      model: 'gpt-4',
+      maxTokens: 4096,
+      temperature: 0.7,
+    });
     await nextEvent('chat:end');
     out('_text', { text, length: text.length, before });
     await reportTransport();

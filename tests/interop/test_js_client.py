@@ -142,6 +142,7 @@ async def run_client(
     origin: str | None = None,
     user: str = "alice",
     message: str = "Say hello",
+    retries: int | None = None,
     linger: bool = False,
 ) -> Run:
     """Run one scenario of client.mjs against `url`; fails the test unless it ran to the end."""
@@ -159,6 +160,7 @@ async def run_client(
         "INTEROP_FRESH_TOKEN": fresh_token,
         "INTEROP_TRANSPORTS": transports,
         "INTEROP_ORIGIN": origin,
+        "INTEROP_RETRIES": None if retries is None else str(retries),
     }.items():
         if value is not None:
             env[key] = value
@@ -197,9 +199,8 @@ def utf16_len(text: str) -> int:
 def assert_offsets(chunks: list[dict[str, Any]]) -> None:
     """Each chunk's offset is the JS length of the text before it (chunks may be coalesced)."""
     texts = [chunk["content"] for chunk in chunks]
-    assert [chunk["offset"] for chunk in chunks] == [
-        utf16_len("".join(texts[:i])) for i in range(len(texts))
-    ]
+    expected = [utf16_len("".join(texts[:i])) for i in range(len(texts))]
+    assert [chunk["offset"] for chunk in chunks] == expected, chunks
 
 
 def assert_transport(run: Run, transports: str | None, settled: str) -> None:
@@ -251,7 +252,22 @@ async def test_guide_flow_streams_chunks_and_end(
     assert end["finishReason"] == "stop"
     assert end["totalTokens"] == end["promptTokens"] + end["completionTokens"]
     assert end["completionTokens"] == 4
+    body = gateway.upstream.requests[-1].body
+    assert (body["model"], body["max_tokens"], body["temperature"]) == ("gpt-4", 4096, 0.7)
+    assert body["messages"][-1] == {"role": "user", "content": "Say hello"}
     assert_transport(run, transports, settled)
+
+
+async def test_guide_retries_option_starts_one_reply(gateway: Gateway) -> None:
+    """With `ackTimeout` + `retries` every emit wants an ack; chat:start is acked, never resent."""
+    gateway.upstream.enqueue(Script(tokens=["once"]))
+    run = await run_client(
+        "flow", gateway.url, token=gateway.token("alice"), transports="websocket", retries=3
+    )
+
+    assert run.order() == ["chat:conversation", "chat:user-message", "chat:message", "chat:end"]
+    assert run.one("chat:end")["content"] == "once"
+    assert len(gateway.upstream.requests) == 1
 
 
 # --- 2. acknowledgements
@@ -389,8 +405,9 @@ async def test_offsets_count_utf16_units_like_js_string_length(
     gateway: Gateway, transports: str | None, settled: str
 ) -> None:
     tokens = ["a😀", "b", "é"]
-    # Paced, so that the chunks are not coalesced and a boundary follows the emoji.
-    gateway.upstream.enqueue(Script(tokens=tokens, delay_s=0.05))
+    # Paced, so that a chunk boundary follows the emoji (a lagging socket may
+    # still get two tokens coalesced; the offsets must hold either way).
+    gateway.upstream.enqueue(Script(tokens=tokens, delay_s=0.08))
     run = await run_client(
         "flow",
         gateway.url,
@@ -403,10 +420,10 @@ async def test_offsets_count_utf16_units_like_js_string_length(
     seen = run.one("_text")
     assert seen["text"] == "a😀bé" == run.one("chat:end")["content"]
     assert seen["length"] == 5
-    assert [c["offset"] for c in chunks] == seen["before"]
+    assert [c["offset"] for c in chunks] == seen["before"], str(run)
     assert_offsets(chunks)
-    assert [c["content"] for c in chunks] == tokens
-    assert [c["offset"] for c in chunks] == [0, 3, 4]
+    # The second chunk starts after the emoji: 3 UTF-16 units in, not 2 code points.
+    assert len(chunks) >= 2 and chunks[1]["offset"] == 3, str(run)
     assert run.one("chat:user-message")["content"] == "héllo 😀 𝄞"
     assert_transport(run, transports, settled)
 
