@@ -108,6 +108,9 @@ def make_settings(**overrides: Any) -> Settings:
         "connect_rate_per_ip": "1000/minute",
         "checkpoint_interval_s": 0.5,
         "shutdown_grace_s": 1,
+        # One frame per token, so tests can assert exact chunks; coalescing
+        # (the default) has its own tests.
+        "stream_flush_ms": 0,
     }
     base.update(overrides)
     return load_settings(**base)

@@ -142,3 +142,20 @@ async def test_tokens_before_the_turn_is_committed_wait_behind_user_message(
     offsets = [c["offset"] for c in chunks]
     assert offsets == [sum(len(c["content"]) for c in chunks[:i]) for i in range(len(chunks))]
     assert client.text() == end["content"] == "".join(f"t{i} " for i in range(30))
+
+
+async def test_coalescing_sends_first_token_at_once_and_fewer_exact_frames(
+    gateway_factory: Any, client_factory: Any
+) -> None:
+    async with gateway_factory(stream_flush_ms=50) as gw:
+        gw.upstream.enqueue(Script(count=60, first_delay_s=0.3, delay_s=0.005))
+        c = client_factory()
+        await c.connect(gw.url, gw.token())
+        await c.emit("chat:start", {"message": "coalesce"})
+        end = (await c.wait_for("chat:end"))[1]
+        chunks = c.named("chat:message")
+        assert chunks[0]["content"] == "token0 "  # the first token is never held back
+        assert 2 < len(chunks) < 30  # 60 tokens over ~0.3 s in frames of up to 50 ms
+        offsets = [ch["offset"] for ch in chunks]
+        assert offsets == [sum(len(ch["content"]) for ch in chunks[:i]) for i in range(len(chunks))]
+        assert c.text() == end["content"] == "".join(f"token{i} " for i in range(60))

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     demo_tokens_per_s: float = Field(40, gt=0)
 
     # --- streaming
-    stream_flush_ms: float = Field(0, ge=0)
+    stream_flush_ms: float = Field(50, ge=0)
 
     # --- limits
     rate_limit_chat: str = "20/minute"

@@ -14,7 +14,7 @@ from typing import cast
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
 from tokenwire.config import Settings
@@ -34,7 +34,9 @@ class Limits:
         else:
             storage = MemoryStorage()
         self._storage = storage
-        self._limiter = MovingWindowRateLimiter(storage)
+        # The sliding-window counter costs O(1) per hit in memory and in Redis;
+        # a moving window keeps one timestamp per hit (O(n) per hit in memory).
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._chat: RateLimitItem = parse(settings.rate_limit_chat)
         self._connect: RateLimitItem = parse(settings.connect_rate_per_ip)
         self._max_streams = settings.max_streams_per_user

@@ -354,24 +354,22 @@ class ChatService:
     # --- checkpoints and recovery
 
     async def checkpoint_once(self) -> int:
-        """Write the content of every reply that grew since its last checkpoint."""
-        written = 0
-        for reply in self.replies:
-            if (
-                len(reply.parts) == reply.checkpointed_parts
-                or reply.task is None
-                or reply.task.done()
-            ):
-                continue
-            count = len(reply.parts)
-            try:
-                await self.repository.checkpoint(reply.message_id, "".join(reply.parts[:count]))
-            except Unavailable:
-                log.warning("checkpoint skipped: database unavailable")
-                return written
+        """Save, in one transaction, the content of every reply that grew since its last checkpoint."""
+        grown = [
+            (reply, len(reply.parts))
+            for reply in self.replies
+            if len(reply.parts) != reply.checkpointed_parts and reply.writer.released.is_set()
+        ]
+        if not grown:
+            return 0
+        try:
+            await self.repository.checkpoint({r.message_id: "".join(r.parts[:n]) for r, n in grown})
+        except Unavailable:
+            log.warning("checkpoint skipped: database unavailable")
+            return 0
+        for reply, count in grown:
             reply.checkpointed_parts = count
-            written += 1
-        return written
+        return len(grown)
 
     async def sweep_stale(self) -> int:
         """Mark replies abandoned by a dead process (no checkpoint for 3 intervals) interrupted."""

@@ -7,6 +7,8 @@ recovered from without a restart of ours.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -55,12 +57,22 @@ class Database:
         if url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time. Many concurrent write transactions
+        # would each poll its busy handler and, under load, time out as
+        # "database is locked"; queueing them here instead costs nothing and
+        # never fails. Reads (WAL) still run alongside.
+        self._write_lock = asyncio.Lock() if url.startswith("sqlite") else None
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
+    async def session(self, *, write: bool = True) -> AsyncIterator[AsyncSession]:
         """A session in a transaction, committed on success; outages raise `Unavailable`."""
+        lock = self._write_lock if write else None
         try:
-            async with self._sessions() as session, session.begin():
+            async with contextlib.AsyncExitStack() as stack:
+                if lock is not None:
+                    await stack.enter_async_context(lock)
+                session = await stack.enter_async_context(self._sessions())
+                await stack.enter_async_context(session.begin())
                 yield session
         except _OUTAGE as exc:
             raise Unavailable() from exc
@@ -71,7 +83,7 @@ class Database:
 
     async def ping(self) -> bool:
         try:
-            async with self.session() as session:
+            async with self.session(write=False) as session:
                 await session.execute(text("SELECT 1"))
         except Unavailable:
             return False

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -66,7 +67,7 @@ class Repository:
 
     async def load_history(self, user_id: str, conversation_id: str) -> list[dict[str, str]]:
         """The conversation's messages as the model sees them; NotFound unless it is the user's."""
-        async with self.db.session() as session:
+        async with self.db.session(write=False) as session:
             await self._owned(session, user_id, conversation_id)
             rows = await session.execute(
                 select(Message.role, Message.content)
@@ -125,14 +126,23 @@ class Repository:
             # The conversation was deleted between reading its history and now.
             raise NotFound() from exc
 
-    async def checkpoint(self, message_id: str, content: str) -> None:
-        """Save what a streaming reply has so far (crash recovery; see `sweep_stale`)."""
+    async def checkpoint(self, contents: dict[str, str]) -> None:
+        """Save what streaming replies have so far, all in one transaction (crash recovery)."""
+        if not contents:
+            return
+        table = cast(Table, Message.__table__)
+        statement = (
+            update(table)
+            .where(table.c.id == bindparam("b_id"), table.c.status == MessageStatus.STREAMING.value)
+            .values(content=bindparam("b_content"), updated_at=bindparam("b_now"))
+        )
+        now = utcnow()
+        rows = [
+            {"b_id": mid, "b_content": _storable(text), "b_now": now}
+            for mid, text in contents.items()
+        ]
         async with self.db.session() as session:
-            await session.execute(
-                update(Message)
-                .where(Message.id == message_id, Message.status == MessageStatus.STREAMING.value)
-                .values(content=_storable(content), updated_at=utcnow())
-            )
+            await session.execute(statement, rows)
 
     async def finish_reply(self, message_id: str, reply: FinishedReply) -> None:
         now = utcnow()
@@ -171,7 +181,7 @@ class Repository:
     async def list_conversations(
         self, user_id: str, *, limit: int, offset: int
     ) -> tuple[list[Conversation], int]:
-        async with self.db.session() as session:
+        async with self.db.session(write=False) as session:
             total = await session.scalar(
                 select(func.count())
                 .select_from(Conversation)
@@ -187,7 +197,7 @@ class Repository:
             return list(rows), int(total or 0)
 
     async def list_messages(self, user_id: str, conversation_id: str) -> list[Message]:
-        async with self.db.session() as session:
+        async with self.db.session(write=False) as session:
             await self._owned(session, user_id, conversation_id)
             rows = await session.scalars(
                 select(Message)
@@ -204,7 +214,7 @@ class Repository:
             await session.execute(delete(Conversation).where(Conversation.id == conversation_id))
 
     async def get_message(self, message_id: str) -> Message | None:
-        async with self.db.session() as session:
+        async with self.db.session(write=False) as session:
             return await session.get(Message, message_id)
 
     @staticmethod
