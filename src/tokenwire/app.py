@@ -66,7 +66,8 @@ class TokenwireApp:
         services = getattr(self.api.state, "services", None)
         if services is not None:
             await services.chat.shutdown(self.settings.shutdown_grace_s)
-        await self.sio.eio.disconnect()
+        if self.sio.eio.sockets:  # engineio's disconnect-all fails on an empty set
+            await self.sio.eio.disconnect()
 
 
 def _origin_check(settings: Settings) -> Callable[[str | None, dict[str, Any]], bool]:

@@ -16,8 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 import jwt
+import orjson
 
 from tokenwire.config import Settings
 from tokenwire.errors import TokenExpired, Unauthorized
@@ -41,7 +42,7 @@ class Principal:
 class _Jwks:
     """The identity provider's signing keys, cached and refreshed when a new `kid` appears."""
 
-    def __init__(self, url: str, client: httpx.AsyncClient) -> None:
+    def __init__(self, url: str, client: aiohttp.ClientSession) -> None:
         self._url = url
         self._client = client
         self._keys: dict[str, jwt.PyJWK] = {}
@@ -63,10 +64,12 @@ class _Jwks:
     async def _refresh(self) -> None:
         async with self._lock:
             try:
-                response = await self._client.get(self._url, timeout=10)
-                response.raise_for_status()
-                jwk_set = jwt.PyJWKSet.from_dict(response.json())
-            except (httpx.HTTPError, ValueError, jwt.PyJWTError) as exc:
+                timeout = aiohttp.ClientTimeout(total=10)
+                async with self._client.get(
+                    self._url, timeout=timeout, raise_for_status=True
+                ) as response:
+                    jwk_set = jwt.PyJWKSet.from_dict(orjson.loads(await response.read()))
+            except (aiohttp.ClientError, TimeoutError, ValueError, jwt.PyJWTError) as exc:
                 # Keep the keys we had; refuse the token we cannot check.
                 log.error("could not load JWKS from %s: %s", self._url, exc)
                 self._fetched_at = time.monotonic()
@@ -76,7 +79,7 @@ class _Jwks:
 
 
 class Authenticator:
-    def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, settings: Settings, client: aiohttp.ClientSession | None = None) -> None:
         self._settings = settings
         self._algorithms = list(settings.jwt_algorithms)
         self._jwks = (

@@ -15,7 +15,7 @@
         ├── UpstreamRateLimited        RATE_LIMIT
         └── UpstreamTimeout            UPSTREAM_TIMEOUT
 
-Third-party errors (httpx, SQLAlchemy, PyJWT) are translated where they enter,
+Third-party errors (aiohttp, SQLAlchemy, PyJWT) are translated where they enter,
 with `raise ... from exc`, so everything above the providers and storage speaks
 only these. `error_payload` turns any exception into the `chat:error` payload;
 an unexpected one becomes INTERNAL with a generic message and is logged, never

@@ -104,7 +104,7 @@ def configure_logging(level: str, *, json: bool) -> None:
     for name in (
         "socketio",
         "engineio",
-        "httpx",
+        "aiohttp",
         "httpcore",
         "aiosqlite",
         "sqlalchemy.engine",

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from tokenwire.auth import Authenticator
 from tokenwire.chat import ChatService
@@ -31,7 +31,7 @@ __all__ = ["Services"]
 log = logging.getLogger(__name__)
 
 
-def _build_provider(settings: Settings, client: httpx.AsyncClient) -> Provider:
+def _build_provider(settings: Settings, client: aiohttp.ClientSession) -> Provider:
     if settings.llm_provider == "demo":
         return DemoProvider(settings.demo_tokens_per_s)
     return OpenAIProvider(
@@ -47,7 +47,7 @@ class Services:
     settings: Settings
     database: Database
     repository: Repository
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
     authenticator: Authenticator
     chat: ChatService
 
@@ -55,9 +55,13 @@ class Services:
     @asynccontextmanager
     async def start(cls, settings: Settings) -> AsyncIterator[Services]:
         database = Database(settings.database_url)
-        http = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=10.0, read=None, write=30.0, pool=10.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
+        http = aiohttp.ClientSession(
+            # No total or read timeout: a reply may stream for minutes; the
+            # chat service enforces UPSTREAM_TIMEOUT_S and UPSTREAM_IDLE_TIMEOUT_S.
+            timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            trust_env=True,  # HTTPS_PROXY / NO_PROXY, as operators expect
+            raise_for_status=False,
         )
         housekeeping: asyncio.Task[None] | None = None
         chat: ChatService | None = None
@@ -88,5 +92,5 @@ class Services:
                     await housekeeping
             if chat is not None:
                 await chat.limits.aclose()
-            await http.aclose()
+            await http.close()
             await database.dispose()

@@ -263,6 +263,9 @@ async def serve(app: Any, *, port: int | None = None, **config: Any) -> AsyncIte
         "access_log": False,
         "lifespan": "on",
         "ws": "websockets-sansio",
+        # Long-polling requests left open by departed clients must not hold
+        # up the end of a test.
+        "timeout_graceful_shutdown": 2,
     }
     options.update(config)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))

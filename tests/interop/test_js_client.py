@@ -439,23 +439,17 @@ async def test_offsets_count_utf16_units_like_js_string_length(
     assert_transport(run, transports, settled)
 
 
-# --- known bugs
+# --- a python-engineio gap, closed in wire.gateway.GatewayServer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="python-engineio does not answer a pending long-poll when the client closes over "
-    "polling; the request stays open until PING_INTERVAL + PING_TIMEOUT",
-)
 async def test_polling_disconnect_answers_the_pending_poll(gateway_factory: GatewayFactory) -> None:
     """After `socket.disconnect()` over polling, the server lets go of the client at once.
 
     socket.io-client always keeps one GET long-poll open. The reference
-    engine.io server answers it when the client's close packet arrives; here
-    it stays open, so a Node client lingers (its process cannot exit) and the
-    server holds the request, until the poll times out, at PING_INTERVAL +
-    PING_TIMEOUT (45 s by default; 2 s here).
+    engine.io server answers it when the client's close packet arrives;
+    python-engineio alone keeps it open until PING_INTERVAL + PING_TIMEOUT (45 s
+    by default; 2 s here), so a Node client lingers and the server holds the
+    request. `GatewayServer._handle_eio_disconnect` wakes the poll.
     """
     async with gateway_factory(ping_interval=1, ping_timeout=1) as gateway:
         gateway.upstream.enqueue(Script(tokens=["bye"]))

@@ -2,8 +2,11 @@
 
 The wire format is the contract (`POST {base}/chat/completions` with
 `stream: true` and `stream_options.include_usage`), so this speaks it directly
-with httpx and orjson instead of the `openai` SDK, which builds a pydantic
-object per chunk; `bench/` measures the difference.
+with aiohttp and orjson instead of the `openai` SDK, which builds a pydantic
+object per chunk: parsing cost 10 µs per token here against 163 µs through the
+SDK (`bench/sse_parsers.py`). aiohttp rather than httpx because its C HTTP
+parser halves the cost of reading a stream: 25-28 µs per SSE event against
+54-55 µs, 100 streams x 300 events from `bench/upstream.py` on uvloop.
 
 Errors are translated here, where they enter: 429 becomes
 `UpstreamRateLimited` (with Retry-After), a refused or dropped connection and
@@ -19,10 +22,10 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from tokenwire.errors import UpstreamError, UpstreamRateLimited
@@ -42,7 +45,7 @@ class OpenAIProvider:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         *,
         base_url: str,
         api_key: str | None,
@@ -71,17 +74,20 @@ class OpenAIProvider:
         attempt = 0
         while True:
             try:
-                async with self._client.stream(
-                    "POST", self._url, content=body, headers=self._headers
+                async with self._client.post(
+                    self._url, data=body, headers=self._headers
                 ) as response:
-                    if response.status_code != 200:
-                        await response.aread()
-                        raise _status_error(response)
+                    if response.status != 200:
+                        raise _status_error(
+                            response.status, response.headers, await response.read()
+                        )
                     # From here on the reply belongs to the client: no retry.
+                    # Leaving this block early (stop, timeout) closes the
+                    # connection, so the upstream stops generating.
                     async for item in _read_completion(response, request.model):
                         yield item
                     return
-            except httpx.TransportError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 # Raised while connecting or waiting for the status line:
                 # nothing was streamed yet, so the attempt can be retried.
                 log.warning("upstream unreachable: %s", type(exc).__name__)
@@ -105,13 +111,13 @@ class OpenAIProvider:
 
 
 async def _read_completion(
-    response: httpx.Response, model: str
+    response: aiohttp.ClientResponse, model: str
 ) -> AsyncGenerator[str | StreamEnd, None]:
     finish_reason: str | None = None
     usage: Usage | None = None
     seen_data = False
     try:
-        async for data in iter_sse_data(response.aiter_bytes()):
+        async for data in iter_sse_data(response.content.iter_any()):
             if data == b"[DONE]":
                 yield StreamEnd(finish_reason or "stop", usage, model)
                 return
@@ -136,7 +142,7 @@ async def _read_completion(
                     finish_reason = choice["finish_reason"]
             if chunk.get("usage"):
                 usage = _usage(chunk["usage"])
-    except httpx.HTTPError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         # A connection dropped mid-reply (RemoteProtocolError, ReadError, ...).
         raise UpstreamError(retryable=not seen_data) from exc
     if finish_reason is None:
@@ -152,21 +158,20 @@ def _usage(raw: Any) -> Usage | None:
         return None
 
 
-def _status_error(response: httpx.Response) -> UpstreamError:
-    status = response.status_code
+def _status_error(status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
     retryable = status in _RETRYABLE_STATUS
     if status == 429:
-        return UpstreamRateLimited(retry_after=_retry_after(response.headers), retryable=True)
+        return UpstreamRateLimited(retry_after=_retry_after(headers), retryable=True)
     if status in (401, 403):
         # A server misconfiguration (bad key), not the user's fault: loud in
         # the log, vague on the wire.
         log.error("upstream refused our credentials (HTTP %d); check OPENAI_API_KEY", status)
     else:
-        log.warning("upstream answered HTTP %d: %.300s", status, response.text)
+        log.warning("upstream answered HTTP %d: %.300r", status, body)
     return UpstreamError(retryable=retryable)
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait, from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
     if (ms := headers.get("retry-after-ms")) is not None:
         try:

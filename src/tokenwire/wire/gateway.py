@@ -70,6 +70,15 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
     go no further.
     """
 
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        socket = self.eio.sockets.get(eio_sid)
+        await super()._handle_eio_disconnect(eio_sid, reason)
+        if socket is not None and reason == self.reason.CLIENT_DISCONNECT:
+            # python-engineio closes on the client's CLOSE packet without
+            # waking a long-poll that is still open, so it lingers for
+            # PING_INTERVAL + PING_TIMEOUT; the reference server answers it.
+            socket.queue.put_nowait(None)
+
     async def _handle_event(
         self, eio_sid: str, namespace: str | None, id: int | None, data: Any
     ) -> None:
