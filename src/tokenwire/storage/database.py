@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -74,6 +75,22 @@ class Database:
                 session = await stack.enter_async_context(self._sessions())
                 await stack.enter_async_context(session.begin())
                 yield session
+        except _OUTAGE as exc:
+            raise Unavailable() from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise Unavailable() from exc
+            raise
+
+    @asynccontextmanager
+    async def connection(self, *, write: bool = True) -> AsyncIterator[AsyncConnection]:
+        """A Core connection in a transaction: the cheap path for the per-turn statements."""
+        lock = self._write_lock if write else None
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if lock is not None:
+                    await stack.enter_async_context(lock)
+                yield await stack.enter_async_context(self.engine.begin())
         except _OUTAGE as exc:
             raise Unavailable() from exc
         except DBAPIError as exc:
