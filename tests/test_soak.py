@@ -451,11 +451,6 @@ async def test_forty_users_chatting_for_a_minute_lose_nothing_and_leave_nothing_
         assert grown < 50 * MIB, f"RSS grew by {grown / MIB:.1f} MiB over the soak"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="chat:stop cancels the reply task even while it is saving the finished reply",
-)
 async def test_stop_while_a_finished_reply_is_being_saved_still_ends_it_once(
     gateway: Gateway, client_factory: Callable[[], Client]
 ) -> None:
@@ -503,11 +498,6 @@ async def test_stop_while_a_finished_reply_is_being_saved_still_ends_it_once(
     assert [n for n in client.order() if n in FINAL] == [name]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with STREAM_FLUSH_MS=0, ChunkWriter.write sends a token at once while tokens "
-    "held back during congestion are still pending, so they go out later, out of order",
-)
 async def test_tokens_held_back_while_the_socket_lags_keep_their_place() -> None:
     """Found by the soak with STREAM_FLUSH_MS=0 (about one run in three): a reply's
     chunks arrived as 0-4, 8-28, 5-7, with contiguous offsets, so the browser's

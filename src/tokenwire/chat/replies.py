@@ -34,6 +34,7 @@ class Reply:
     task: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
     checkpointed_parts: int = 0
+    saving: bool = False
     started_at: float = field(default_factory=lambda: asyncio.get_running_loop().time())
     started_wall: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -42,6 +43,10 @@ class Reply:
         return "".join(self.parts)
 
     def cancel(self, reason: StopReason) -> None:
+        """Stop generating. Once the reply is being saved it is left to finish:
+        interrupting the save could lose it or announce its end twice."""
+        if self.saving:
+            return
         if self.stop_reason is None:
             self.stop_reason = reason
         if self.task is not None and not self.task.done():

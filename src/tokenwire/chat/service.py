@@ -231,6 +231,7 @@ class ChatService:
                 await reply.writer.released.wait()
         except asyncio.CancelledError:
             _uncancel()
+        reply.saving = True
         try:
             if reply.stop_reason != "aborted":
                 await self._finish(reply, status, end, error)

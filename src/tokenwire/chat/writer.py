@@ -99,9 +99,11 @@ class ChunkWriter:
                 await self._overflow()
                 return
             congested = depth >= _CONGESTED_AT
-        if self._flush_s <= 0 and not congested:
+        if self._flush_s <= 0 and not congested and not self._pending and self._flusher is None:
             await self._send(text)
             return
+        # Coalesce, behind anything still pending, so text never overtakes
+        # text that was held back while the client lagged.
         self._pending.append(text)
         if self._timer is None and self._flusher is None:
             due = self._last_send + (self._flush_s or _CONGESTED_FLUSH_S)

@@ -18,7 +18,7 @@ from typing import Any
 import socketio
 
 from tokenwire.errors import NotFound, TokenwireError, Unauthorized, ValidationFailed, error_payload
-from tokenwire.wire.gateway import Runtime
+from tokenwire.wire.gateway import Runtime, shown_event_name
 
 __all__ = ["ADMIN_NAMESPACE", "AdminNamespace", "running_replies"]
 
@@ -75,7 +75,7 @@ class AdminNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             if sid not in self.admins:
                 raise Unauthorized()
             if event != "admin:stop":
-                raise ValidationFailed(f"Unknown event '{str(event)[:64]}'.")
+                raise ValidationFailed(f"Unknown event '{shown_event_name(event)}'.")
             payload = data[0] if data else None
             message_id = payload.get("messageId") if isinstance(payload, dict) else None
             if not isinstance(message_id, str) or not message_id:

@@ -33,7 +33,7 @@ from tokenwire.errors import (
 from tokenwire.logs import bind
 from tokenwire.wire.payloads import parse_start
 
-__all__ = ["AiNamespace", "GatewayServer", "Runtime"]
+__all__ = ["AiNamespace", "GatewayServer", "Runtime", "shown_event_name"]
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         with bind(sid=sid, user_id=principal.user_id if principal else None, event=event):
             try:
                 if handler is None:
-                    raise ValidationFailed(f"Unknown event '{str(event)[:64]}'.")
+                    raise ValidationFailed(f"Unknown event '{shown_event_name(event)}'.")
                 result = await handler(sid, data)
                 return {"ok": True, **result}
             except Exception as exc:
@@ -278,3 +278,8 @@ def _client_ip(environ: dict[str, Any]) -> str:
     return str(
         environ.get("REMOTE_ADDR") or environ.get("asgi.scope", {}).get("client", ("unknown",))[0]
     )
+
+
+def shown_event_name(event: object) -> str:
+    """An event name fit to quote back: short, and encodable even if the client sent a lone surrogate."""
+    return str(event)[:64].encode("utf-8", "backslashreplace").decode("utf-8")

@@ -42,15 +42,21 @@ class ChatStartPayload(BaseModel):
     max_tokens: StrictInt | None = Field(None, alias="maxTokens")
     temperature: StrictFloat | StrictInt | None = None
 
+    @field_validator("user_id", "conversation_id", "model", mode="before")
+    @classmethod
+    def _plain_text(cls, value: Any) -> Any:
+        if isinstance(value, str) and not _storable_text(value):
+            raise ValueError("must be plain text")
+        return value
+
     @field_validator("message")
     @classmethod
     def _message(cls, value: str, info: ValidationInfo) -> str:
         limit = _settings(info).max_message_chars
         if not value.strip():
             raise ValueError("must not be empty")
-        if "\x00" in value:
-            # PostgreSQL cannot store NUL in text, and no person types one.
-            raise ValueError("must not contain NUL characters")
+        if not _storable_text(value):
+            raise ValueError("must be valid text without NUL characters")
         if len(value) > limit:
             raise ValueError(f"must be at most {limit} characters")
         return value
@@ -69,6 +75,17 @@ class ChatStartPayload(BaseModel):
         if value is not None and (not math.isfinite(value) or not 0 <= value <= 2):
             raise ValueError("must be a number from 0 to 2")
         return value
+
+
+def _storable_text(value: str) -> bool:
+    """No NUL (PostgreSQL's text cannot hold it) and no lone surrogate (not encodable as UTF-8)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _settings(info: ValidationInfo) -> Settings:
