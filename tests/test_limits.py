@@ -32,7 +32,9 @@ async def test_chat_rate_per_user_answers_rate_limit_with_retry_after(
         assert (await bob.call("chat:start", {"message": "hi"}))["ok"]
 
 
-async def test_concurrent_replies_per_user_are_capped(gateway_factory: GatewayFactory, client_factory: Any) -> None:
+async def test_concurrent_replies_per_user_are_capped(
+    gateway_factory: GatewayFactory, client_factory: Any
+) -> None:
     async with gateway_factory(max_streams_per_user=1) as gw:
         gw.upstream.enqueue(Script(count=100, delay_s=0.02))
         first, second = client_factory(), client_factory()
@@ -45,7 +47,9 @@ async def test_concurrent_replies_per_user_are_capped(gateway_factory: GatewayFa
         assert (await second.call("chat:start", {"message": "two"}))["ok"]
 
 
-async def test_connections_per_user_are_capped(gateway_factory: GatewayFactory, client_factory: Any) -> None:
+async def test_connections_per_user_are_capped(
+    gateway_factory: GatewayFactory, client_factory: Any
+) -> None:
     async with gateway_factory(max_connections_per_user=2) as gw:
         clients = [client_factory() for _ in range(3)]
         for c in clients[:2]:
@@ -62,7 +66,9 @@ async def test_connections_per_user_are_capped(gateway_factory: GatewayFactory, 
         assert retry.sio.connected
 
 
-async def test_connection_attempts_per_ip_are_capped(gateway_factory: GatewayFactory, client_factory: Any) -> None:
+async def test_connection_attempts_per_ip_are_capped(
+    gateway_factory: GatewayFactory, client_factory: Any
+) -> None:
     async with gateway_factory(connect_rate_per_ip="3/minute") as gw:
         for _ in range(3):
             c = client_factory()
@@ -112,10 +118,14 @@ async def test_client_that_stops_reading_is_cut_off_and_its_reply_is_saved(
             opened = await http.get("/socket.io/", params={"EIO": "4", "transport": "polling"})
             sid = opened.text.split('"sid":"')[1].split('"')[0]
             params = {"EIO": "4", "transport": "polling", "sid": sid}
-            await http.post("/socket.io/", params=params, content='40/ai,{"token":"' + gw.token() + '"}')
+            await http.post(
+                "/socket.io/", params=params, content='40/ai,{"token":"' + gw.token() + '"}'
+            )
             connected = await http.get("/socket.io/", params=params)
             assert connected.text.startswith("40/ai,")
-            await http.post("/socket.io/", params=params, content='42/ai,["chat:start",{"message":"hi"}]')
+            await http.post(
+                "/socket.io/", params=params, content='42/ai,["chat:start",{"message":"hi"}]'
+            )
             # ... and never poll again.
             for _ in range(300):
                 if gw.upstream.requests and gw.upstream.requests[-1].finished.is_set():
@@ -124,7 +134,9 @@ async def test_client_that_stops_reading_is_cut_off_and_its_reply_is_saved(
             assert gw.app.sio.eio.sockets.get(sid) is None or gw.app.sio.eio.sockets[sid].closed
         for _ in range(100):
             rows, _ = await gw.services.repository.list_conversations("alice", limit=1, offset=0)
-            messages = await gw.services.repository.list_messages("alice", rows[0].id) if rows else []
+            messages = (
+                await gw.services.repository.list_messages("alice", rows[0].id) if rows else []
+            )
             if messages and messages[-1].status != "streaming":
                 break
             await asyncio.sleep(0.05)
