@@ -17,17 +17,14 @@ import asyncio
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REQUIRE_SERVICES, Gateway, GatewayFactory, make_settings
-from tokenwire.app import create_app
-from tokenwire.testing import Script, UpstreamDouble, serve
+from tests.conftest import REQUIRE_SERVICES, Gateway, GatewayFactory
+from tokenwire.testing import Script
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = Path(__file__).with_name("client.mjs")
@@ -78,30 +75,6 @@ def _require_node() -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"{reason}, and TOKENWIRE_REQUIRE_SERVICES=1 forbids skipping", pytrace=False)
     pytest.skip(reason)
-
-
-@pytest.fixture
-def gateway_factory(upstream: tuple[UpstreamDouble, str], sqlite_url: str) -> GatewayFactory:
-    """conftest's `gateway_factory` (so also its `gateway`), with uvicorn's shutdown bounded.
-
-    A polling client's last long-poll stays open on the server after the
-    client has disconnected (test_polling_disconnect_answers_the_pending_poll),
-    and uvicorn's shutdown waits for every open request: up to PING_INTERVAL +
-    PING_TIMEOUT, 45 s, per test. Production bounds that wait the same way
-    (`timeout_graceful_shutdown` in server.uvicorn_config).
-    """
-    double, upstream_url = upstream
-
-    @asynccontextmanager
-    async def start(**overrides: Any) -> AsyncIterator[Gateway]:
-        overrides.setdefault("database_url", sqlite_url)
-        overrides.setdefault("openai_base_url", f"{upstream_url}/v1")
-        settings = make_settings(**overrides)
-        app = create_app(settings)
-        async with serve(app, timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S) as url:
-            yield Gateway(url, settings, double, app)
-
-    return start
 
 
 @dataclass

@@ -66,31 +66,26 @@ class Database:
 
     @asynccontextmanager
     async def session(self, *, write: bool = True) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction, committed on success; outages raise `Unavailable`."""
-        lock = self._write_lock if write else None
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                if lock is not None:
-                    await stack.enter_async_context(lock)
-                session = await stack.enter_async_context(self._sessions())
-                await stack.enter_async_context(session.begin())
-                yield session
-        except _OUTAGE as exc:
-            raise Unavailable() from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise Unavailable() from exc
-            raise
+        """An ORM session in a transaction, committed on success; outages raise `Unavailable`."""
+        async with self._guarded(write) as stack:
+            session = await stack.enter_async_context(self._sessions())
+            await stack.enter_async_context(session.begin())
+            yield session
 
     @asynccontextmanager
     async def connection(self, *, write: bool = True) -> AsyncIterator[AsyncConnection]:
         """A Core connection in a transaction: the cheap path for the per-turn statements."""
-        lock = self._write_lock if write else None
+        async with self._guarded(write) as stack:
+            yield await stack.enter_async_context(self.engine.begin())
+
+    @asynccontextmanager
+    async def _guarded(self, write: bool) -> AsyncIterator[contextlib.AsyncExitStack]:
+        """SQLite's write queue, and outages translated to `Unavailable`, around a transaction."""
         try:
             async with contextlib.AsyncExitStack() as stack:
-                if lock is not None:
-                    await stack.enter_async_context(lock)
-                yield await stack.enter_async_context(self.engine.begin())
+                if write and self._write_lock is not None:
+                    await stack.enter_async_context(self._write_lock)
+                yield stack
         except _OUTAGE as exc:
             raise Unavailable() from exc
         except DBAPIError as exc:
