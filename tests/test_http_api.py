@@ -137,3 +137,9 @@ async def test_dev_token_route_exists_only_in_development(gateway: Gateway) -> N
         principal = await gateway.services.authenticator.verify(body["token"])
         assert principal.user_id == "erin"
         assert (await http.post("/api/dev/token", json={"name": ""})).status_code == 422
+
+
+async def test_dev_token_route_is_absent_in_production(gateway_factory: Any) -> None:
+    async with gateway_factory(env="production") as gw, httpx.AsyncClient(base_url=gw.url) as http:
+        response = await http.post("/api/dev/token", json={"name": "erin"})
+        assert response.status_code == 404

@@ -24,6 +24,15 @@ def _settings(**overrides: Any) -> Settings:
         raise SystemExit(2) from None
 
 
+def _program() -> str:
+    """How this command was invoked (`.venv/bin/tokenwire`, say), for hints a user can paste."""
+    invoked = sys.argv[0]
+    if os.path.basename(invoked) == "tokenwire":
+        relative = os.path.relpath(invoked)
+        return invoked if relative.startswith("..") else relative
+    return "python -m tokenwire"
+
+
 def _serve(args: argparse.Namespace) -> int:
     from tokenwire.app import create_app
     from tokenwire.logs import configure_logging
@@ -38,8 +47,8 @@ def _serve(args: argparse.Namespace) -> int:
             f"\n  tokenwire {__version__} on http://{shown}:{settings.port}  (model: {settings.llm_provider}, "
             f"database: {settings.database_url.split('://')[0]})\n"
             f"  Socket.IO namespace: http://{shown}:{settings.port}/ai   API docs: http://{shown}:{settings.port}/docs\n"
-            f"  Get a token:   tokenwire token alice\n"
-            f'  Talk to it:    tokenwire chat "Hello!" --url http://{shown}:{settings.port}\n',
+            f"  Get a token:   {_program()} token alice\n"
+            f'  Talk to it:    {_program()} chat "Hello!" --url http://{shown}:{settings.port}\n',
             file=sys.stderr,
         )
     server = GracefulServer(uvicorn_config(app, settings), app)
