@@ -64,7 +64,9 @@ class Metrics:
             registry=r,
         )
         self._tokens = Counter(
-            "tokenwire_tokens_out", "Text deltas streamed to clients", registry=r
+            "tokenwire_tokens_out",
+            "Completion tokens streamed to clients (upstream usage, else tiktoken)",
+            registry=r,
         )
         self._errors = Counter(
             "tokenwire_errors", "chat:error events, by code", ["code"], registry=r
@@ -112,14 +114,13 @@ class Metrics:
         status: str,
         finish_reason: str,
         model: str,
-        tokens: int,
         prompt_tokens: int,
         completion_tokens: int,
         seconds: float,
     ) -> None:
         self._finished.labels(status, finish_reason).inc()
-        self._tokens.inc(tokens)
-        self.tokens_finished += tokens
+        self._tokens.inc(completion_tokens)
+        self.tokens_finished += completion_tokens
         self._duration.observe(seconds)
         usage = self._usage.setdefault(model, _ModelUsage())
         usage.replies += 1

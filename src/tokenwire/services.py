@@ -49,6 +49,7 @@ def _build_provider(settings: Settings, client: aiohttp.ClientSession) -> Provid
         base_url=settings.openai_base_url,
         api_key=settings.openai_api_key,
         retries=settings.upstream_retries,
+        pace_s=settings.stream_flush_ms / 1000,
     )
 
 

@@ -92,7 +92,9 @@ class ChatService:
         self.replies = ReplyRegistry()
         self.metrics = metrics or Metrics()
         self.metrics.streaming = self.replies.__len__
-        self.metrics.live_tokens = lambda: sum(len(r.parts) for r in self.replies)
+        # Running replies are counted by characters sent (about 4 per token);
+        # finished ones by their exact usage.
+        self.metrics.live_tokens = lambda: sum(r.writer.sent for r in self.replies) // 4
         self.accepting = True
         self._system = (
             [{"role": "system", "content": settings.system_prompt}]
@@ -291,7 +293,6 @@ class ChatService:
             status=status.value,
             finish_reason=finish_reason,
             model=model,
-            tokens=len(reply.parts),
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             seconds=asyncio.get_running_loop().time() - reply.started_at,

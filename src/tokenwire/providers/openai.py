@@ -30,7 +30,7 @@ import orjson
 
 from tokenwire.errors import UpstreamError, UpstreamRateLimited
 from tokenwire.providers.base import ChatRequest, StreamEnd, Usage
-from tokenwire.providers.sse import iter_sse_data
+from tokenwire.providers.sse import SSEDecoder
 
 __all__ = ["OpenAIProvider"]
 
@@ -51,6 +51,7 @@ class OpenAIProvider:
         api_key: str | None,
         retries: int = 2,
         backoff_s: float = 0.5,
+        pace_s: float = 0.0,
     ) -> None:
         self._client = client
         self._url = f"{base_url.rstrip('/')}/chat/completions"
@@ -59,6 +60,7 @@ class OpenAIProvider:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._retries = retries
         self._backoff_s = backoff_s
+        self._pace_s = pace_s
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[str | StreamEnd, None]:
         body = orjson.dumps(
@@ -84,7 +86,7 @@ class OpenAIProvider:
                     # From here on the reply belongs to the client: no retry.
                     # Leaving this block early (stop, timeout) closes the
                     # connection, so the upstream stops generating.
-                    async for item in _read_completion(response, request.model):
+                    async for item in _read_completion(response, request.model, self._pace_s):
                         yield item
                     return
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -111,39 +113,65 @@ class OpenAIProvider:
 
 
 async def _read_completion(
-    response: aiohttp.ClientResponse, model: str
+    response: aiohttp.ClientResponse, model: str, pace_s: float
 ) -> AsyncGenerator[str | StreamEnd, None]:
+    """Deltas of one completion: all that one read brought, joined; then one `StreamEnd`.
+
+    With `pace_s` > 0 (STREAM_FLUSH_MS), the first read returns as soon as a
+    byte arrives; after each read the reader waits `pace_s` before the next,
+    letting tokens collect in the socket buffer. A reply then costs one wake-up
+    per frame sent instead of one per token, and no token waits longer than
+    the writer's coalescing would make it wait anyway.
+    """
     finish_reason: str | None = None
     usage: Usage | None = None
     seen_data = False
+    decoder = SSEDecoder()
+    content_stream = response.content
     try:
-        async for data in iter_sse_data(response.content.iter_any()):
-            if data == b"[DONE]":
-                yield StreamEnd(finish_reason or "stop", usage, model)
-                return
-            try:
-                chunk: Any = orjson.loads(data)
-            except orjson.JSONDecodeError as exc:
-                raise UpstreamError() from exc
-            if not isinstance(chunk, dict):
-                raise UpstreamError()
-            seen_data = True
-            if "error" in chunk:
-                log.error("upstream reported an error mid-stream: %.300s", data)
-                raise UpstreamError()
-            model = chunk.get("model") or model
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta")
-                if delta:
-                    content = delta.get("content")
-                    if content:
-                        yield content
-                if choice.get("finish_reason"):
-                    finish_reason = choice["finish_reason"]
-            if chunk.get("usage"):
-                usage = _usage(chunk["usage"])
+        while True:
+            chunk = await content_stream.readany()
+            events = decoder.feed(chunk) if chunk else decoder.close()
+            texts: list[str] = []
+            failure: UpstreamError | None = None
+            for data in events:
+                if data == b"[DONE]":
+                    if texts:
+                        yield "".join(texts)
+                    yield StreamEnd(finish_reason or "stop", usage, model)
+                    return
+                try:
+                    parsed: Any = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    parsed = None
+                if not isinstance(parsed, dict) or "error" in parsed:
+                    # Text that came before the failure still reaches the
+                    # client and is saved with the error.
+                    log.error("upstream sent an error or garbage mid-stream: %.300r", data)
+                    failure = UpstreamError(retryable=not seen_data and not texts)
+                    break
+                seen_data = True
+                model = parsed.get("model") or model
+                for choice in parsed.get("choices") or ():
+                    delta = choice.get("delta")
+                    if delta:
+                        text = delta.get("content")
+                        if text:
+                            texts.append(text)
+                    if choice.get("finish_reason"):
+                        finish_reason = choice["finish_reason"]
+                if parsed.get("usage"):
+                    usage = _usage(parsed["usage"])
+            if texts:
+                yield texts[0] if len(texts) == 1 else "".join(texts)
+            if failure is not None:
+                raise failure
+            if not chunk:
+                break
+            if pace_s > 0:
+                await asyncio.sleep(pace_s)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        # A connection dropped mid-reply (RemoteProtocolError, ReadError, ...).
+        # A connection dropped mid-reply (ClientPayloadError, ServerDisconnectedError, ...).
         raise UpstreamError(retryable=not seen_data) from exc
     if finish_reason is None:
         # The body ended without [DONE] or a finish_reason: it was cut off.
