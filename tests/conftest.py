@@ -16,7 +16,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlparse
 
 import pytest
@@ -48,14 +48,17 @@ def _reachable(url: str, default_port: int) -> bool:
         return False
 
 
-def require_service(name: str, url: str, port: int) -> None:
-    """Skip (or, under CI, fail) when a service the test needs is not there."""
-    if _reachable(url, port):
-        return
-    reason = f"{name} not reachable at {url}"
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip with the reason; under TOKENWIRE_REQUIRE_SERVICES=1 (CI), fail instead."""
     if REQUIRE_SERVICES:
         pytest.fail(f"{reason}, and TOKENWIRE_REQUIRE_SERVICES=1 forbids skipping", pytrace=False)
     pytest.skip(reason)
+
+
+def require_service(name: str, url: str, port: int) -> None:
+    """Skip (or, under CI, fail) when a service the test needs is not there."""
+    if not _reachable(url, port):
+        skip_or_fail(f"{name} not reachable at {url}")
 
 
 async def reset_postgres(url: str) -> None:

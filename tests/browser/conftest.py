@@ -35,7 +35,7 @@ from playwright.async_api import (
     expect,
 )
 
-from tests.conftest import REQUIRE_SERVICES, Gateway, GatewayFactory
+from tests.conftest import Gateway, GatewayFactory, skip_or_fail
 from tokenwire.api.web import STATIC_DIR
 from tokenwire.testing import Script, UpstreamDouble, serve
 
@@ -64,11 +64,8 @@ PageFactory = Callable[..., Awaitable[Page]]
 
 
 def _require(present: bool, reason: str) -> None:
-    if present:
-        return
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{reason}, and TOKENWIRE_REQUIRE_SERVICES=1 forbids skipping", pytrace=False)
-    pytest.skip(reason)
+    if not present:
+        skip_or_fail(reason)
 
 
 def _require_chromium_and_build() -> None:

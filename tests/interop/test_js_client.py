@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REQUIRE_SERVICES, Gateway, GatewayFactory
+from tests.conftest import Client, Gateway, GatewayFactory, skip_or_fail
 from tokenwire.testing import Script
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,14 +42,7 @@ TRANSPORTS = [
     pytest.param("polling", "polling", id="polling"),
 ]
 transports = pytest.mark.parametrize(("transports", "settled"), TRANSPORTS)
-SERVER_EVENTS = {
-    "chat:conversation",
-    "chat:user-message",
-    "chat:message",
-    "chat:end",
-    "chat:error",
-    "chat:stopped",
-}
+SERVER_EVENTS = set(Client.EVENTS)
 
 
 def _missing_node() -> str | None:
@@ -70,11 +63,8 @@ def _missing_node() -> str | None:
 def _require_node() -> None:
     """Skip (or, under CI, fail) when Node or the pinned socket.io-client is not installed."""
     reason = _missing_node()
-    if reason is None:
-        return
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{reason}, and TOKENWIRE_REQUIRE_SERVICES=1 forbids skipping", pytrace=False)
-    pytest.skip(reason)
+    if reason is not None:
+        skip_or_fail(reason)
 
 
 @dataclass
