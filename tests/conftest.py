@@ -248,12 +248,16 @@ class Client:
         await self.sio.disconnect()
 
     async def close(self) -> None:
-        """Disconnect, and close the HTTP session a refused connect leaves open."""
-        if self.sio.connected:
-            await self.sio.disconnect()
-        http = getattr(self.sio.eio, "http", None)
-        if http is not None and not http.closed:
-            await http.close()
+        await close_client(self.sio)
+
+
+async def close_client(sio: socketio.AsyncClient) -> None:
+    """Disconnect, and close the HTTP session a refused connect leaves open."""
+    if sio.connected:
+        await sio.disconnect()
+    http = getattr(sio.eio, "http", None)
+    if http is not None and not http.closed:
+        await http.close()
 
 
 @pytest.fixture

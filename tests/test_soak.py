@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 import socketio
 
-from tests.conftest import Client, Gateway, GatewayFactory
+from tests.conftest import Client, Gateway, GatewayFactory, close_client
 from tokenwire.chat.writer import ChunkWriter, Sink, utf16_len
 from tokenwire.testing import Script, UpstreamDouble, UpstreamRequest, serve
 
@@ -185,11 +185,7 @@ class Participant:
                 await self._changed.wait()
 
     async def close(self) -> None:
-        if self.sio.connected:
-            await self.sio.disconnect()
-        http = getattr(self.sio.eio, "http", None)
-        if http is not None and not http.closed:
-            await http.close()
+        await close_client(self.sio)
 
 
 # --- running a user
