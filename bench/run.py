@@ -67,7 +67,7 @@ def _settings(args: argparse.Namespace, logs: Path) -> Settings:
             mode="full",
             b1_samples=300,
             b2_warmup_s=4,
-            b2_window_s=20,
+            b2_window_s=args.window or 20,
             b2_flush_extra=(20,),
             b5_pairs=2,
             b3_levels=(25, 50, 100, 200, 400, 800, 1600, 3200),
@@ -80,7 +80,7 @@ def _settings(args: argparse.Namespace, logs: Path) -> Settings:
             b4_ping_s=10,  # every connection answers 3 heartbeats in the hold
             **common,
         )
-    return Settings(mode="quick", **common)
+    return Settings(mode="quick", b2_window_s=args.window or 4.0, **common)
 
 
 def _npm(cwd: Path, *args: str) -> None:
@@ -377,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--profile", metavar="DIR", help="py-spy the gateway in each B2 window; raw stacks to DIR"
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        help="B2/B5 measurement window in seconds (quick 4, full 20): longer for steadier A/B runs",
     )
     parser.add_argument("--no-write", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--keep-logs", action="store_true", help="keep the process logs")
