@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["OrjsonCodec"]
+__all__ = ["OrjsonCodec", "event_packet"]
 
 
 class OrjsonCodec:
@@ -22,7 +22,12 @@ class OrjsonCodec:
 
     @staticmethod
     def dumps(obj: Any, **_: Any) -> str:
-        return orjson.dumps(obj).decode()
+        try:
+            return orjson.dumps(obj).decode()
+        except TypeError:
+            # orjson refuses a lone surrogate (half an emoji) in a str; the
+            # standard library writes it as an escape, as JSON.stringify does.
+            return json.dumps(obj, separators=(",", ":"))
 
     @staticmethod
     def loads(data: str | bytes, **_: Any) -> Any:
@@ -36,3 +41,13 @@ class OrjsonCodec:
             if "surrogate" not in str(exc):
                 raise
             return json.loads(data)
+
+
+def event_packet(namespace: str, event: str, payload: Any) -> str:
+    """The text of a Socket.IO EVENT packet without an ack id: `2/ns,["event",payload]`.
+
+    Byte for byte what python-socketio's `Packet.encode` writes for text data
+    (tests/test_codec.py checks), without its per-call walk for binary parts.
+    """
+    prefix = "2" if namespace == "/" else f"2{namespace},"
+    return prefix + OrjsonCodec.dumps([event, payload])

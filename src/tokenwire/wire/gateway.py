@@ -11,14 +11,12 @@ acknowledgement when the client asks for one: `{ok: true, ...ids}` or
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import engineio
-import orjson
 import socketio
 
 from tokenwire.auth import Principal
@@ -34,6 +32,7 @@ from tokenwire.errors import (
     error_payload,
 )
 from tokenwire.logs import bind
+from tokenwire.wire.codec import event_packet
 from tokenwire.wire.payloads import parse_start
 
 __all__ = ["AiNamespace", "GatewayServer", "Runtime", "shown_event_name"]
@@ -250,19 +249,14 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         manager = server.manager
         eio = server.eio
         eio_sid = manager.eio_sid_from_sid(sid, NAMESPACE)
-        prefix = f"{socketio.packet.EVENT}{NAMESPACE},"
         message = engineio.packet.MESSAGE
-        dumps = orjson.dumps
 
         async def emit(event: str, payload: dict[str, Any]) -> None:
             socket = eio.sockets.get(eio_sid)
             if socket is None or not manager.is_connected(sid, NAMESPACE):
                 return  # gone; `on_disconnect` detaches the reply
-            try:
-                data = dumps([event, payload]).decode()
-            except TypeError:  # a lone surrogate from the upstream; json escapes it
-                data = json.dumps([event, payload], separators=(",", ":"))
-            await socket.send(engineio.packet.Packet(message, prefix + data))
+            packet = engineio.packet.Packet(message, event_packet(NAMESPACE, event, payload))
+            await socket.send(packet)
 
         def backlog() -> int:
             socket = eio.sockets.get(eio_sid)
