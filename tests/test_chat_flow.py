@@ -144,6 +144,25 @@ async def test_tokens_before_the_turn_is_committed_wait_behind_user_message(
     assert client.text() == end["content"] == "".join(f"t{i} " for i in range(30))
 
 
+async def test_first_tokens_do_not_wait_on_the_database_and_the_end_does(
+    gateway: Gateway, client: Client
+) -> None:
+    """The turn is written after its first token; chat:end (and the ack) wait for that commit."""
+    gateway.upstream.enqueue(Script(tokens=[f"t{i} " for i in range(5)]))
+    database = gateway.services.database
+    assert database._write_lock is not None  # SQLite: every write queues on this lock
+    async with database._write_lock:  # the database is slow: no write can commit
+        await client.emit("chat:start", {"message": "slow disk"})
+        await client.wait_for("chat:message")
+        await asyncio.sleep(0.2)  # the whole reply has arrived from the upstream by now
+        assert client.text() == "t0 t1 t2 t3 t4 "
+        assert client.named("chat:end") == []
+    end = (await client.wait_for("chat:end"))[1]
+    assert end["content"] == "t0 t1 t2 t3 t4 "
+    saved = await gateway.services.repository.get_message(end["messageId"])
+    assert (saved.status, saved.content) == ("complete", "t0 t1 t2 t3 t4 ")
+
+
 async def test_coalescing_sends_first_token_at_once_and_fewer_exact_frames(
     gateway_factory: Any, client_factory: Any
 ) -> None:

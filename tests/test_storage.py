@@ -156,7 +156,17 @@ async def test_database_outage_answers_unavailable_and_heals(
         await proxy.cut()
         refused = await alice.call("chat:start", {"message": "during"})
         assert refused["error"]["code"] == "UNAVAILABLE"
-        assert (await alice.wait_for("chat:error"))[1]["code"] == "UNAVAILABLE"
+        error = (await alice.wait_for("chat:error"))[1]
+        assert error["code"] == "UNAVAILABLE"
+        # The turn was announced before the write failed (the first token
+        # does not wait on the database); the error names the reply that
+        # ended, and no chat:end follows.
+        announced = [p for e, p in alice.events if e == "chat:user-message"][-1]
+        assert announced["content"] == "during"
+        assert error["conversationId"] == announced["conversationId"]
+        assert error["messageId"] not in {
+            p.get("messageId") for e, p in alice.events if e == "chat:end"
+        }
         async with httpx.AsyncClient(base_url=gw.url) as http:
             assert (await http.get("/readyz")).status_code == 503
             assert (await http.get("/healthz")).status_code == 200
@@ -172,6 +182,10 @@ async def test_database_outage_answers_unavailable_and_heals(
             await asyncio.sleep(0.2)
         assert ack["ok"], ack
         await alice.wait_for("chat:end")
-        async with httpx.AsyncClient(base_url=gw.url) as http:
+        headers = {"Authorization": f"Bearer {gw.token('alice')}"}
+        async with httpx.AsyncClient(base_url=gw.url, headers=headers) as http:
             assert (await http.get("/readyz")).status_code == 200
+            # Nothing of the failed turn was stored.
+            lost = f"/api/conversations/{error['conversationId']}/messages"
+            assert (await http.get(lost)).status_code == 404
     await proxy.cut()

@@ -54,6 +54,9 @@ class TokenwireError(Exception):
     def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
         self.message = message or self.default_message
         self.retry_after = retry_after
+        # Which conversation and message the error is about, when the client
+        # already knows them (sent along in chat:error).
+        self.ids: dict[str, str] = {}
         super().__init__(self.message)
 
 
@@ -149,7 +152,7 @@ class UpstreamTimeout(UpstreamError):
 def error_payload(exc: BaseException, **ids: str | None) -> dict[str, Any]:
     """The `chat:error` payload for any exception: `{message, code, ...ids, retryAfter?}`."""
     err = exc if isinstance(exc, TokenwireError) else TokenwireError()
-    payload: dict[str, Any] = {"message": err.message, "code": err.code}
+    payload: dict[str, Any] = {"message": err.message, "code": err.code, **err.ids}
     payload.update({key: value for key, value in ids.items() if value is not None})
     if err.retry_after is not None:
         payload["retryAfter"] = err.retry_after

@@ -46,6 +46,8 @@ def trim_history(
     are always sent, even if they alone exceed the budget (the model then
     answers with its own error, which is clearer than silently losing them).
     """
+    if not history:
+        return [*system, latest]  # nothing to trim: skip counting, it is on the first token's path
     used = count_messages([*system, latest])
     kept: list[dict[str, str]] = []
     for message in reversed(history):

@@ -35,6 +35,8 @@ class Reply:
     stop_reason: StopReason | None = None
     checkpointed_parts: int = 0
     saving: bool = False
+    first_token: asyncio.Event = field(default_factory=asyncio.Event)  # sent, or none is coming
+    committed: asyncio.Event = field(default_factory=asyncio.Event)  # the turn is in the database
     started_at: float = field(default_factory=lambda: asyncio.get_running_loop().time())
     started_wall: datetime = field(default_factory=lambda: datetime.now(UTC))
 

@@ -17,8 +17,8 @@ whole. The service knows nothing of Socket.IO; it is handed an `Emit`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -49,6 +49,7 @@ __all__ = ["ChatService", "StartChat", "Started"]
 log = logging.getLogger(__name__)
 
 _SAVE_ATTEMPTS = 5
+_WRITE_AFTER_S = 0.05  # longest a turn waits for its first token before it is written
 
 
 @dataclass(slots=True, frozen=True)
@@ -143,30 +144,32 @@ class ChatService:
             turn.assistant_message_id, turn.conversation_id, user_id, sid, request, writer
         )
         self.replies.add(reply)
-        # The upstream request goes out now, while the turn is written: it
-        # does not depend on the write. Tokens are held by the writer until
-        # the turn is committed and announced, and a failed write aborts the
-        # reply before anything of it reaches anyone.
+        # The upstream request goes out now and the turn is written while it
+        # streams: neither the request nor the client's first token waits on
+        # the database. The write even waits for the first token (at most
+        # _WRITE_AFTER_S), so its round trips do not hold the event loop while
+        # the token is on its way: on SQLite the commit took ~1 ms longer than
+        # a fast upstream's first token (B1). A real model's first token takes
+        # longer than that bound, so there the write happens in its wait. The
+        # final event and the checkpoints do wait for the commit. If the
+        # write fails, the reply is aborted: the client gets chat:error with
+        # the ids it was announced, and nothing of the turn is stored.
         reply.task = asyncio.create_task(self._run(reply), name=f"reply:{reply.message_id}")
         try:
+            await self._announce(turn, chat.message, writer)
+            await writer.release()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_WRITE_AFTER_S):
+                    await reply.first_token.wait()
             await self.repository.begin_turn(turn, user_id=user_id, text=chat.message, model=model)
-        except BaseException:
+        except BaseException as exc:
             reply.cancel("aborted")
             await asyncio.shield(reply.task)
+            if isinstance(exc, TokenwireError):
+                exc.ids = {"conversationId": turn.conversation_id, "messageId": reply.message_id}
             raise
+        reply.committed.set()
         self.metrics.reply_started(model)
-        if sink is not None:
-            if turn.created:
-                await sink.emit("chat:conversation", {"conversationId": turn.conversation_id})
-            await sink.emit(
-                "chat:user-message",
-                {
-                    "messageId": turn.user_message_id,
-                    "content": chat.message,
-                    "conversationId": turn.conversation_id,
-                },
-            )
-        await writer.release()
         log.info(
             "reply started",
             extra={
@@ -176,6 +179,27 @@ class ChatService:
             },
         )
         return Started(turn.conversation_id, turn.user_message_id, turn.assistant_message_id)
+
+    async def _announce(self, turn: Turn, text: str, writer: ChunkWriter) -> None:
+        """chat:conversation (for a new one) and chat:user-message, before any chunk."""
+        emit = writer.emit
+        if emit is None:
+            return
+        try:
+            if turn.created:
+                await emit("chat:conversation", {"conversationId": turn.conversation_id})
+            await emit(
+                "chat:user-message",
+                {
+                    "messageId": turn.user_message_id,
+                    "content": text,
+                    "conversationId": turn.conversation_id,
+                },
+            )
+        except Exception:
+            # The socket went away: the reply carries on and is saved, unseen.
+            log.debug("socket gone before the turn was announced", exc_info=True)
+            writer.detach()
 
     async def stop(self, sid: str) -> Reply | None:
         """Stop this socket's running reply and wait until it is saved and announced."""
@@ -227,10 +251,11 @@ class ChatService:
             status, error = MessageStatus.ERROR, TokenwireError()
             error.__cause__ = exc
         try:
-            # The final event may only follow chat:user-message. (An aborted
-            # turn is never released; its abort cancels this wait too.)
+            # A reply is saved, and its end announced, only once its turn is
+            # committed. (An aborted turn never is; its abort cancels this
+            # wait too.)
             if reply.stop_reason != "aborted":
-                await reply.writer.released.wait()
+                await reply.committed.wait()
         except asyncio.CancelledError:
             _uncancel()
         reply.saving = True
@@ -252,19 +277,22 @@ class ChatService:
             lambda: reply.cancel("timeout"),
         )
         try:
-            async with aclosing(self.provider.stream(reply.request)) as stream:
+            async with contextlib.aclosing(self.provider.stream(reply.request)) as stream:
                 async for item in stream:
                     if type(item) is str:
                         now = loop.time()
-                        if deadline.last is None:
-                            self.metrics.first_token(now - started)
+                        first = deadline.last is None
                         deadline.touch(now)
                         parts.append(item)
                         await writer.write(item)
+                        if first:
+                            self.metrics.first_token(now - started)
+                            reply.first_token.set()
                     elif isinstance(item, StreamEnd):
                         end = item
         finally:
             deadline.cancel()
+            reply.first_token.set()  # no token is coming: the turn is written now
         if end is None:
             raise UpstreamError()
         return end
@@ -360,7 +388,7 @@ class ChatService:
         grown = [
             (reply, len(reply.parts))
             for reply in self.replies
-            if len(reply.parts) != reply.checkpointed_parts and reply.writer.released.is_set()
+            if len(reply.parts) != reply.checkpointed_parts and reply.committed.is_set()
         ]
         if not grown:
             return 0

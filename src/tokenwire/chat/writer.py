@@ -63,7 +63,6 @@ class ChunkWriter:
         "_pending",
         "_timer",
         "emit",
-        "released",
         "sent",
     )
 
@@ -83,8 +82,7 @@ class ChunkWriter:
         self._last_send = -float("inf")
         self._timer: asyncio.TimerHandle | None = None
         self._flusher: asyncio.Task[None] | None = None
-        self._held = True
-        self.released = asyncio.Event()
+        self._held = True  # until the turn is announced: chat:user-message comes first
 
     async def write(self, text: str) -> None:
         if self.emit is None:
@@ -113,9 +111,8 @@ class ChunkWriter:
                 self._timer = self._loop.call_at(due, self._on_timer)
 
     async def release(self) -> None:
-        """The turn is committed and announced: chunks may flow (held ones go at once)."""
+        """The turn is announced: chunks may flow (held ones go at once)."""
         self._held = False
-        self.released.set()
         if self._pending and self.emit is not None:
             await self._send_pending()
 
