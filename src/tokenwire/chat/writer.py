@@ -32,6 +32,11 @@ Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 _CONGESTED_AT = 2  # frames waiting in the socket's queue: the client is lagging
 _CONGESTED_FLUSH_S = 0.05
+# The upstream is read every STREAM_FLUSH_MS (providers/openai.py), so text
+# usually arrives just as its frame is due; uvloop's clock ticks in whole
+# milliseconds, and "due in under a tick" would otherwise cost a timer and a
+# task for a frame sent a moment later anyway (30% of frames at B2).
+_DUE_SLACK_S = 0.002
 
 
 @dataclass(slots=True, frozen=True)
@@ -105,7 +110,7 @@ class ChunkWriter:
         self._pending.append(text)
         if self._timer is None and self._flusher is None:
             due = self._last_send + (self._flush_s or _CONGESTED_FLUSH_S)
-            if self._loop.time() >= due:
+            if self._loop.time() >= due - _DUE_SLACK_S:
                 await self._send_pending()
             else:
                 self._timer = self._loop.call_at(due, self._on_timer)
