@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `bench` importable
 
 from bench.procs import Processes, machine, raise_fd_limit
 from bench.report import Figure, markdown_table, write_doc
-from bench.scenarios import Bench, Settings, StreamResult
+from bench.scenarios import Bench, Settings, StreamResult, cpu_count
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT.parent / "shared" / "peers" / "nestjs-gateway"
@@ -81,6 +81,25 @@ def _settings(args: argparse.Namespace, logs: Path) -> Settings:
             **common,
         )
     return Settings(mode="quick", b2_window_s=args.window or 4.0, **common)
+
+
+def _b3_budget(run: StreamResult, rate: float, streams: int = 1000) -> str:
+    """What B3's target would cost the machine, from the CPU per token and per frame measured in `run`.
+
+    The upstream double and the load generators share the machine with the
+    gateway; at the target they would need this much of it on their own.
+    """
+    tokens_per_s = streams * rate
+    frames_per_s = run.frames / run.window_s / max(run.clients, 1) * streams
+    upstream = run.upstream_cpu_s / max(run.tokens, 1) * tokens_per_s
+    loadgen = sum(run.loadgen_cpu_s) / max(run.frames, 1) * frames_per_s
+    gateway = run.gateway_cpu_s / max(run.tokens, 1) * tokens_per_s
+    return (
+        f"B3 budget at {streams:,} streams ({tokens_per_s:,.0f} tokens/s, ~{frames_per_s:,.0f} "
+        f"frames/s), scaled from the {run.clients}-client run: upstream double {upstream:.1f} "
+        f"cores, load generators {loadgen:.1f} cores, gateway {gateway:.1f} cores, on a "
+        f"{cpu_count()}-core machine."
+    )
 
 
 def _npm(cwd: Path, *args: str) -> None:
@@ -227,6 +246,8 @@ async def run(args: argparse.Namespace, logs: Path) -> int:
             )
             capacity, b3_runs = await bench.b3()
             runs += b3_runs
+            if b3_runs:
+                notes.append(_b3_budget(max(b3_runs, key=lambda r: r.clients), s.b3_rate))
             figures.append(
                 Figure(
                     "B3",
