@@ -1,10 +1,12 @@
 """CPU per upstream token: tokenwire's lean SSE path against the official `openai` SDK.
 
 Both read the same bytes (an OpenAI streaming reply, one event per network
-read, as a real upstream sends them) from an `httpx.MockTransport`, so only
-the parsing differs: `tokenwire.providers.openai` (iter_sse_data + orjson,
-dicts) against `openai.AsyncOpenAI().chat.completions.create(stream=True)`
-(its SSE decoder + a pydantic `ChatCompletionChunk` per event).
+read, as a real upstream sends them) from memory, so only the parsing
+differs: tokenwire's reader (`providers/openai.py`: `SSEDecoder` + orjson,
+dicts), fed by a stand-in for aiohttp's stream reader, against
+`openai.AsyncOpenAI().chat.completions.create(stream=True)` over an
+`httpx.MockTransport` (its SSE decoder + a pydantic `ChatCompletionChunk` per
+event).
 
     uv run python bench/sse_parsers.py [--tokens 20000]
 """
@@ -15,6 +17,7 @@ import argparse
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
@@ -62,22 +65,29 @@ def _client(events: list[bytes]) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.MockTransport(handler))
 
 
-async def _lean(tokens: int) -> tuple[int, float]:
-    from tokenwire.providers.base import ChatRequest
-    from tokenwire.providers.openai import OpenAIProvider
+class _Content:
+    """aiohttp's `StreamReader` as tokenwire reads it: one event per `readany()`."""
 
-    async with _client(_events(tokens)) as http:
-        provider = OpenAIProvider(http, base_url="http://upstream/v1", api_key="sk-bench")
-        request = ChatRequest(
-            model="gpt-4",
-            messages=[{"role": "user", "content": "hi"}],
-            max_tokens=tokens,
-            temperature=0.7,
-        )
-        started, count = time.process_time(), 0
-        async for item in provider.stream(request):
-            count += isinstance(item, str)
-        return count, time.process_time() - started
+    def __init__(self, events: list[bytes]) -> None:
+        self._events = iter(events)
+
+    async def readany(self) -> bytes:
+        return next(self._events, b"")
+
+
+class _Response:
+    def __init__(self, events: list[bytes]) -> None:
+        self.content = _Content(events)
+
+
+async def _lean(tokens: int) -> tuple[int, float]:
+    from tokenwire.providers.openai import _read_completion
+
+    response: Any = _Response(_events(tokens))
+    started, count = time.process_time(), 0
+    async for item in _read_completion(response, "gpt-4", 0.0):
+        count += isinstance(item, str)
+    return count, time.process_time() - started
 
 
 async def _sdk(tokens: int) -> tuple[int, float]:
@@ -106,7 +116,7 @@ async def _main(tokens: int) -> None:
     lean_n, lean_s = await _lean(tokens)
     sdk_n, sdk_s = await _sdk(tokens)
     assert lean_n == sdk_n == tokens, (lean_n, sdk_n)
-    print(f"lean (httpx + iter_sse_data + orjson): {lean_s / tokens * 1e6:6.1f} µs per token")
+    print(f"lean (SSEDecoder + orjson):          {lean_s / tokens * 1e6:6.1f} µs per token")
     print(f"openai SDK (pydantic chunk objects):   {sdk_s / tokens * 1e6:6.1f} µs per token")
     print(f"SDK / lean: {sdk_s / lean_s:.2f}×")
 
