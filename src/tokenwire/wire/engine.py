@@ -1,21 +1,60 @@
-"""`asyncio.Queue` and `asyncio.Event` for objects every open connection holds.
+"""python-engineio's server, keeping a third of what it kept per idle client.
 
-`asyncio.Queue()` costs ~3.3 KiB before it holds anything (three deques and
-an `Event` with a fourth), `asyncio.Event()` ~0.9 KiB. uvicorn's WebSocket
-protocol holds one of each per connection, python-engineio a queue per socket,
-and all are empty or idle nearly all the time. These allocate only what is
-in use.
+An idle Socket.IO client costs the gateway what its connection keeps alive
+between heartbeats. python-engineio 4.x keeps about 18 KiB of Python objects
+per idle WebSocket (bench B4, measured with tracemalloc):
+
+- an `asyncio.Queue` per socket: four deques and an `Event`, ~3.3 KiB, for a
+  queue that is empty nearly all the time;
+- four tasks besides the connection's own: a writer waiting for packets, the
+  reader's wait wrapped in `asyncio.wait_for` (a second task and a timer,
+  re-created for every message), the writer's `wait_for` (a task and a timer,
+  re-created for every packet) and a ping task sleeping PING_INTERVAL: ~7 KiB
+  with their coroutines, futures and timers;
+- a class object per request: engine.io's ASGI `translate_request` defines
+  the request-body reader class inside the function, and the connect
+  request's environ, which python-socketio keeps for the connection's life,
+  holds an instance (~2.8 KiB).
+
+`GatewayEngine` keeps the protocol and its timing, with:
+
+- `LeanQueue`, the part of `asyncio.Queue` engine.io and the gateway use,
+  allocated on demand (~70 bytes when empty);
+- `LeanSocket`, whose heartbeat, read deadline and long-poll deadline are
+  kept by one `SocketClock` for all sockets, whose reader waits without an
+  extra task, and whose writer runs only while there is something to send;
+- smaller WebSocket environs: no per-request class, interned keys.
+
+Everything else (handshake, upgrade from polling, packets, CLOSE handling,
+the service task's ping-timeout sweep) is python-engineio's own code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Generic, TypeVar
+import heapq
+import math
+import sys
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Generic, TypeVar
 
-__all__ = ["LeanEvent", "LeanQueue"]
+import engineio
+from engineio import exceptions, packet
+from engineio.async_socket import AsyncSocket
+
+__all__ = ["GatewayEngine", "LeanEvent", "LeanQueue", "LeanSocket"]
 
 T = TypeVar("T")
+
+# A timer may fire up to half a millisecond early (uvloop keeps time in ms).
+_EARLY = 0.001
+
+# How long a WebSocket writer waits for the next packet before it exits (see
+# `LeanSocket._write`): longer than the gaps within a streaming reply, much
+# shorter than PING_INTERVAL.
+WRITER_LINGER_S = 1.0
 
 
 class LeanQueue(Generic[T]):
@@ -31,15 +70,19 @@ class LeanQueue(Generic[T]):
     gateway call: `put`/`put_nowait`, `get`/`get_nowait`, `task_done`,
     `join`, `qsize`, `empty` (`maxsize` is accepted and ignored: both callers
     use unbounded queues).
+
+    One addition: `on_item`, a callback for an item that arrives while
+    nobody waits for one, so a consumer can start only when there is work.
     """
 
-    __slots__ = ("_getters", "_items", "_joiners", "_unfinished")
+    __slots__ = ("_getters", "_items", "_joiners", "_unfinished", "on_item")
 
     def __init__(self, maxsize: int = 0) -> None:  # noqa: ARG002 - asyncio.Queue's signature
         self._items: collections.deque[T] | None = None
         self._getters: list[asyncio.Future[None]] | None = None
         self._joiners: list[asyncio.Future[None]] | None = None
         self._unfinished = 0
+        self.on_item: Callable[[], None] | None = None
 
     def qsize(self) -> int:
         return len(self._items) if self._items else 0
@@ -55,7 +98,8 @@ class LeanQueue(Generic[T]):
             self._items = collections.deque()
         self._items.append(item)
         self._unfinished += 1
-        self._wake_getter()
+        if not self._wake_getter() and self.on_item is not None:
+            self.on_item()
 
     async def put(self, item: T) -> None:
         self.put_nowait(item)
@@ -105,14 +149,17 @@ class LeanQueue(Generic[T]):
             self._joiners.append(joiner)
             await joiner
 
-    def _wake_getter(self) -> None:
+    def _wake_getter(self) -> bool:
+        woke = False
         while self._getters:
             getter = self._getters.pop(0)
             if not getter.done():
                 getter.set_result(None)
+                woke = True
                 break
         if not self._getters:
             self._getters = None
+        return woke
 
     def _forget_getter(self, getter: asyncio.Future[None]) -> None:
         if self._getters is not None:
@@ -159,3 +206,487 @@ class LeanEvent:
             if self._waiters is not None and waiter in self._waiters:
                 self._waiters.remove(waiter)
         return True
+
+
+class _NoBody:
+    """The request body of a WebSocket handshake: there is none."""
+
+    __slots__ = ()
+
+    async def read(self, length: int | None = None) -> bytes:  # noqa: ARG002 - engine.io's reader signature
+        return b""
+
+
+_NO_BODY = _NoBody()
+
+
+class AsgiWebSocket:
+    """The transport `LeanSocket` runs engine.io's WebSocket protocol over.
+
+    The interface of engine.io's own ASGI wrapper (`wait`, `send`, `close`),
+    without its per-connection `__call__` coroutine and instance dict.
+    """
+
+    __slots__ = ("_receive", "_send")
+
+    def __init__(self, environ: MutableMapping[str, Any]) -> None:
+        self._receive: Callable[[], Awaitable[MutableMapping[str, Any]]] = environ["asgi.receive"]
+        self._send: Callable[[MutableMapping[str, Any]], Awaitable[None]] = environ["asgi.send"]
+
+    async def accept(self) -> None:
+        await self._send({"type": "websocket.accept"})
+
+    async def send(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            await self._send({"type": "websocket.send", "bytes": message, "text": None})
+        else:
+            await self._send({"type": "websocket.send", "bytes": None, "text": message})
+
+    async def close(self) -> None:
+        try:
+            await self._send({"type": "websocket.close"})
+        except Exception:  # already closed: nothing to do
+            pass
+
+    async def wait(self) -> str | bytes:
+        """The next message; OSError when the connection is gone."""
+        event = await self._receive()
+        if event["type"] != "websocket.receive":
+            raise OSError()
+        if event.get("bytes") is not None:
+            return event["bytes"]  # type: ignore[no-any-return]
+        if event.get("text") is not None:
+            return event["text"]  # type: ignore[no-any-return]
+        raise OSError()
+
+
+class SocketClock:
+    """One loop timer for every socket's heartbeat and deadlines, to within `resolution`.
+
+    A socket asks to be woken at a loop time (`wake_at`); the clock files it
+    in the bucket of that time rounded up to `resolution` and calls its
+    `_on_timer()` when the bucket is due. That costs a socket one set entry
+    instead of a loop timer of its own (uvloop's `TimerHandle`, its libuv
+    timer, a context copy and a bound method: ~0.55 KiB). Pings and deadlines
+    are late by at most `resolution`, which the client's PING_TIMEOUT absorbs.
+
+    Wake-ups are lazy: asking for a later time than the one a socket is filed
+    under keeps the earlier one, and the socket re-files itself when woken.
+    """
+
+    def __init__(self, resolution: float) -> None:
+        self.resolution = resolution
+        self._buckets: dict[int, set[LeanSocket]] = {}
+        self._ticks: list[int] = []  # a heap of the buckets' ticks
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_tick: int | None = None
+        self._firing = False
+
+    def wake_at(self, socket: LeanSocket, when: float) -> None:
+        tick = math.ceil(when / self.resolution)
+        if socket._tick is not None:
+            if socket._tick <= tick:
+                return
+            self._unfile(socket)
+        bucket = self._buckets.get(tick)
+        if bucket is None:
+            bucket = self._buckets[tick] = set()
+            heapq.heappush(self._ticks, tick)
+        bucket.add(socket)
+        socket._tick = tick
+        if not self._firing and (self._timer_tick is None or tick < self._timer_tick):
+            self._arm(tick)
+
+    def cancel(self, socket: LeanSocket) -> None:
+        if socket._tick is not None:
+            self._unfile(socket)
+
+    def __len__(self) -> int:
+        return sum(len(bucket) for bucket in self._buckets.values())
+
+    def _unfile(self, socket: LeanSocket) -> None:
+        tick = socket._tick
+        socket._tick = None
+        bucket = self._buckets.get(tick) if tick is not None else None
+        if bucket is not None:
+            bucket.discard(socket)
+            if not bucket:
+                del self._buckets[tick]  # type: ignore[arg-type]
+
+    def _arm(self, tick: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(tick * self.resolution, self._fire)
+        self._timer_tick = tick
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_tick = None
+        now = math.floor((asyncio.get_running_loop().time() + _EARLY) / self.resolution)
+        self._firing = True
+        try:
+            while self._ticks and self._ticks[0] <= now:
+                for socket in self._buckets.pop(heapq.heappop(self._ticks), ()):
+                    socket._tick = None
+                    try:
+                        socket._on_timer()  # may file it again, always in a later bucket
+                    except Exception:  # one socket's failure must not stall the others
+                        socket.server.logger.exception("%s: heartbeat failed", socket.sid)
+        finally:
+            self._firing = False
+            while self._ticks and self._ticks[0] not in self._buckets:
+                heapq.heappop(self._ticks)  # buckets emptied by cancel()
+            if self._ticks:
+                self._arm(self._ticks[0])
+
+
+class LeanSocket(AsyncSocket):  # type: ignore[misc]
+    """engine.io's `AsyncSocket`, timed by the server's `SocketClock` instead of its own tasks.
+
+    One clock entry per socket (re-filed lazily, see `_rearm`) serves:
+
+    - the heartbeat: PING_INTERVAL after each PONG (and after the handshake),
+      a PING is queued; engine.io slept in a task per socket for this;
+    - the read deadline: a WebSocket that sends nothing for PING_INTERVAL +
+      PING_TIMEOUT is closed, as engine.io's `wait_for` around every read did;
+    - the long-poll deadline: a poll that has had nothing to send for
+      PING_INTERVAL + PING_TIMEOUT ends, as before;
+    - the WebSocket writer's: it stops after WRITER_LINGER_S without packets
+      (`_write`), and a WebSocket with nothing sent for PING_INTERVAL +
+      PING_TIMEOUT is closed, as engine.io's writer did (`_quiet_at`).
+
+    A deadline is an `asyncio.timeout(None)` around the wait, registered in
+    `_deadlines` with its loop time; the clock expires it when due (the wait
+    then raises TimeoutError, as `wait_for` did). Receiving a message or
+    sending a packet only moves a number: no task or timer is created for it,
+    and the reader and the writer await the queues without the extra task
+    `wait_for` wrapped around each wait.
+    """
+
+    # engine.io's own state this class sets (engine.io has no annotations).
+    last_ping: float | None
+    connected: bool
+    upgrading: bool
+    upgraded: bool
+
+    # Class-level defaults: python-engineio creates the socket as an
+    # `AsyncSocket` and `GatewayEngine` switches its class afterwards.
+    _tick: int | None = None  # the `SocketClock` bucket it is filed in
+    _ping_at: float | None = None
+    _deadlines: dict[asyncio.Timeout, float] | None = None
+    _ws: AsgiWebSocket | None = None  # the open WebSocket writers send on
+    _writer: asyncio.Future[None] | None = None
+    _quiet_at: float | None = None  # when an idle WebSocket is closed, as engine.io's writer did
+
+    # --- the clock
+
+    def _rearm(self) -> None:
+        """Be woken for the earliest pending ping or deadline (or not at all if none)."""
+        due = min(
+            self._ping_at if self._ping_at is not None else math.inf,
+            self._quiet_at if self._quiet_at is not None else math.inf,
+            *(self._deadlines.values() if self._deadlines else ()),
+        )
+        if due < math.inf:
+            self.server.clock.wake_at(self, due)
+        else:
+            self.server.clock.cancel(self)
+
+    def _on_timer(self) -> None:
+        now = asyncio.get_running_loop().time() + _EARLY
+        if self._ping_at is not None and self._ping_at <= now:
+            self._ping_at = None
+            self._ping()
+        if self._quiet_at is not None and self._quiet_at <= now:
+            self._quiet_at = None
+            self._close_quiet_websocket()
+        if self._deadlines:
+            for timeout, due in list(self._deadlines.items()):
+                if due <= now:
+                    del self._deadlines[timeout]
+                    timeout.reschedule(-math.inf)  # expires it: the wait raises TimeoutError
+        self._rearm()
+
+    def _expire_at(self, timeout: asyncio.Timeout, when: float) -> None:
+        if self._deadlines is None:
+            self._deadlines = {}
+        self._deadlines[timeout] = when
+        self.server.clock.wake_at(self, when)
+
+    def _forget(self, timeout: asyncio.Timeout) -> None:
+        if self._deadlines is not None:
+            self._deadlines.pop(timeout, None)
+            if not self._deadlines:
+                self._deadlines = None
+
+    def _idle_limit(self) -> float:
+        return float(self.server.ping_interval + self.server.ping_timeout)
+
+    # --- heartbeat (engine.io's schedule_ping / _send_ping)
+
+    def schedule_ping(self) -> None:
+        # As engine.io: only if the previous ping's cycle has completed.
+        if self.last_ping:
+            self.last_ping = None
+            self._ping_at = asyncio.get_running_loop().time() + self.server.ping_interval
+            self._rearm()
+
+    def _ping(self) -> None:
+        if self.closing or self.closed:
+            return
+        self.last_ping = time.time()
+        # engine.io's send() first checks the ping timeout, which the
+        # last_ping just set always passes; the queue is unbounded.
+        self.queue.put_nowait(packet.Packet(packet.PING))
+
+    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        await super().close(wait=wait, abort=abort, reason=reason)
+        if self.closed:
+            # A closed socket sends no more pings: the clock lets go of it as
+            # soon as no reader or poll waits on a deadline.
+            self._ping_at = None
+            self._rearm()
+
+    # --- long-poll and WebSocket writer (engine.io's poll, timed by the clock)
+
+    async def poll(self) -> list[Any]:
+        """Wait for packets to send to the client."""
+        return await self._take(self._idle_limit())
+
+    async def _take(self, limit: float) -> list[Any]:
+        """engine.io's poll, waiting at most `limit` seconds (QueueEmpty after that)."""
+        try:
+            async with asyncio.timeout(None) as timeout:
+                self._expire_at(timeout, asyncio.get_running_loop().time() + limit)
+                try:
+                    packets = [await self.queue.get()]
+                finally:
+                    self._forget(timeout)
+            self.queue.task_done()
+        except (TimeoutError, asyncio.CancelledError):
+            raise exceptions.QueueEmpty() from None
+        if packets == [None]:
+            return []
+        while True:
+            try:
+                pkt = self.queue.get_nowait()
+                self.queue.task_done()
+                if pkt is None:
+                    self.queue.put_nowait(None)
+                    break
+                packets.append(pkt)
+            except asyncio.QueueEmpty:
+                break
+        return packets
+
+    # --- WebSocket transport (engine.io's _upgrade_websocket / _websocket_handler)
+
+    async def _upgrade_websocket(self, environ: MutableMapping[str, Any]) -> str:
+        if self.upgraded:
+            raise OSError("Socket has been upgraded already")
+        ws = AsgiWebSocket(environ)
+        await ws.accept()
+        await self._websocket_handler(ws)
+        return ""  # the response was the WebSocket itself
+
+    async def _websocket_handler(self, ws: AsgiWebSocket) -> None:
+        if self.connected:
+            # Upgrade from long-polling: engine.io's probe exchange, unchanged.
+            if not await self._upgrade_probe(ws):
+                return
+        else:
+            self.connected = True
+            self.upgraded = True
+        self._ws = ws
+        self.queue.on_item = self._start_writer
+        if not self.queue.empty():
+            self._start_writer()
+        self.server.logger.info("%s: Upgrade to websocket successful", self.sid)
+        await self._read(ws)
+        await self.queue.put(None)  # the writer closes the WebSocket and exits
+        if self._writer is not None:
+            await self._writer
+        self._ws = self.queue.on_item = None
+        self._quiet_at = None
+        await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+
+    async def _read(self, ws: AsgiWebSocket) -> None:
+        """Receive packets until the client closes, errs or stays silent past the deadline.
+
+        As engine.io's loop, a timeout, a closed connection or a cancellation
+        ends it, and so does a frame too large or not an engine.io packet
+        (engine.io let that one escape the handler, which left the session
+        open until the ping timeout noticed; here it closes at once).
+        """
+        loop = asyncio.get_running_loop()
+        limit = self._idle_limit()
+        try:
+            async with asyncio.timeout(None) as timeout:
+                while True:
+                    self._expire_at(timeout, loop.time() + limit)
+                    try:
+                        data = await ws.wait()
+                    finally:
+                        self._forget(timeout)  # the deadline covers waiting, not handling
+                    if len(data) > self.server.max_http_buffer_size:
+                        return  # engine.io: 'packet is too large'
+                    if not await self._receive(packet.Packet(encoded_packet=data)):
+                        return
+        except BaseException:
+            return
+
+    async def _receive(self, pkt: Any) -> bool:
+        """One packet from the client; False when the socket is closed."""
+        try:
+            await self.receive(pkt)
+        except exceptions.UnknownPacketError:
+            pass
+        except exceptions.SocketIsClosedError:
+            self.server.logger.info("Receive error -- socket is closed")
+            return False
+        except Exception:
+            self.server.logger.exception("Unknown receive error")
+        return True
+
+    def _start_writer(self) -> None:
+        """A packet is queued and no writer waits: start one (while the WebSocket is open)."""
+        if self._writer is None and self._ws is not None:
+            self._quiet_at = None
+            self._writer = asyncio.ensure_future(self._write(self._ws))
+
+    async def _write(self, ws: AsgiWebSocket) -> None:
+        """engine.io's WebSocket writer, which ends after WRITER_LINGER_S with nothing to send.
+
+        engine.io's writer waited for the next packet for as long as the
+        connection lived: a task and three coroutine frames per idle client
+        (~1.8 KiB). This one exits when the queue has stayed empty for
+        WRITER_LINGER_S, and the queue starts a new one with the next packet
+        (`_start_writer`), at most one per PING_INTERVAL for an idle client;
+        a streaming reply keeps its writer.
+
+        Where engine.io's writer gave up, after PING_INTERVAL + PING_TIMEOUT
+        with nothing to send, and closed the WebSocket, `_quiet_at` has the
+        clock do the same (`_on_timer`).
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    packets = await self._take(WRITER_LINGER_S)
+                except exceptions.QueueEmpty:
+                    self._quiet_at = loop.time() - WRITER_LINGER_S + self._idle_limit()
+                    self._rearm()
+                    return
+                if not packets:
+                    break  # the connection is closing
+                try:
+                    for pkt in packets:
+                        await ws.send(pkt.encode())
+                except BaseException:  # as engine.io: a failed send ends the writer
+                    break
+            self._ws = None
+            await ws.close()
+        finally:
+            self._writer = None
+            if not self.queue.empty():
+                self._start_writer()  # a packet that came as the writer gave up
+
+    def _close_quiet_websocket(self) -> None:
+        """Nothing sent for PING_INTERVAL + PING_TIMEOUT: engine.io's writer closed the WebSocket."""
+        if self._ws is None or self._writer is not None:
+            return
+        ws, self._ws = self._ws, None
+        self._writer = asyncio.ensure_future(ws.close())
+
+    async def _upgrade_probe(self, ws: AsgiWebSocket) -> bool:
+        """engine.io's upgrade handshake: PING probe -> PONG probe, then UPGRADE."""
+        self.upgrading = True  # hold packet sends during the upgrade
+        try:
+            pkt = await self._wait_upgrade_packet(ws)
+        except OSError:
+            return False
+        if pkt.packet_type != packet.PING or pkt.data != "probe":
+            self.server.logger.info("%s: Failed websocket upgrade, no PING packet", self.sid)
+            self.upgrading = False
+            return False
+        await ws.send(packet.Packet(packet.PONG, data="probe").encode())
+        await self.queue.put(packet.Packet(packet.NOOP))  # end the pending poll
+        try:
+            pkt = await self._wait_upgrade_packet(ws)
+        except OSError:
+            self.upgrading = False
+            return False
+        if pkt.packet_type != packet.UPGRADE:
+            self.upgraded = False
+            self.server.logger.info(
+                "%s: Failed websocket upgrade, expected UPGRADE packet, received %s instead.",
+                self.sid,
+                pkt,
+            )
+            self.upgrading = False
+            return False
+        self.upgraded = True
+        self.upgrading = False
+        return True
+
+    async def _wait_upgrade_packet(self, ws: AsgiWebSocket) -> Any:
+        data = await ws.wait()
+        if len(data) > self.server.max_http_buffer_size:
+            raise ValueError("packet is too large")
+        return packet.Packet(encoded_packet=data)
+
+
+async def _translate_request(
+    translate: Callable[..., Awaitable[MutableMapping[str, Any]]],
+    scope: MutableMapping[str, Any],
+    receive: Any,
+    send: Any,
+) -> MutableMapping[str, Any]:
+    environ = await translate(scope, receive, send)
+    if scope.get("type") != "websocket":
+        return environ
+    # A WebSocket's environ lives as long as the connection (python-socketio
+    # keeps it for `get_environ`), so it is made smaller:
+    # - engine.io's body reader is an instance of a class defined per request
+    #   (~2.8 KiB with the class); a WebSocket handshake has no body to read;
+    # - engine.io builds each header's key ("HTTP_...") anew per request;
+    #   interned, every connection shares the same few dozen strings.
+    if "wsgi.input" in environ:
+        environ["wsgi.input"] = _NO_BODY
+    return {sys.intern(key): value for key, value in environ.items()}
+
+
+class GatewayEngine(engineio.AsyncServer):  # type: ignore[misc]
+    """python-engineio's ASGI server with `LeanQueue`s, `LeanSocket`s and lighter WebSocket environs."""
+
+    _async: dict[str, Any]  # engine.io's table of its async driver's functions
+    clock: SocketClock
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        translate = self._async["translate_request"]
+
+        async def translate_request(scope: Any, receive: Any, send: Any) -> Any:
+            return await _translate_request(translate, scope, receive, send)
+
+        # A copy: the driver's table is shared by every server in the process.
+        self._async = {**self._async, "translate_request": translate_request}
+        # 0.1 s, finer only for sub-second ping intervals (tests).
+        self.clock = SocketClock(min(0.1, self.ping_interval / 10))
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> LeanQueue[Any]:
+        return LeanQueue(*args, **kwargs)
+
+    async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "connect":
+            # python-engineio builds every socket as `AsyncSocket` by name in
+            # `_handle_connect`, with no factory to override. Its connect event
+            # is the first moment after that and before the socket schedules
+            # its first ping or starts a transport; `LeanSocket` only overrides
+            # methods and adds class-level defaults, so switching the class of
+            # the fresh socket here is safe.
+            socket = self.sockets.get(args[0])
+            if type(socket) is AsyncSocket:
+                socket.__class__ = LeanSocket
+        return await super()._trigger_event(event, *args, **kwargs)

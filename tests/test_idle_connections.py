@@ -1,0 +1,262 @@
+"""Idle connections: cheap to hold, and still Engine.IO's heartbeat and deadlines.
+
+The gateway keeps an idle client for about half of what python-engineio and
+uvicorn kept (bench B4): its Engine.IO sockets (`wire.engine.LeanSocket`) are
+timed by one shared clock and start a writer only when there is something to
+send, and uvicorn's WebSocket protocol (`server.LeanWebSocketProtocol`) lets go
+of the handshake. These tests run the real server on a real port, on uvicorn
+configured as `tokenwire serve` configures it, with python-socketio clients and
+hand-driven WebSockets, and check that nothing a client can see has changed:
+heartbeats keep a connection open, a silent one is dropped after
+PING_INTERVAL + PING_TIMEOUT, long-polling and the upgrade to WebSocket work,
+and a socket whose writer has stopped still gets what is sent to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import Client, Gateway, GatewayFactory, make_settings
+from tests.test_fuzz import eventually
+from tokenwire.app import create_app
+from tokenwire.server import LeanWebSocketProtocol
+from tokenwire.testing import UpstreamDouble, serve
+from tokenwire.wire.engine import WRITER_LINGER_S, LeanQueue, LeanSocket
+
+# Slack for a busy 2-core CI machine; the lower bounds are exact.
+SLACK_S = 2.0
+
+
+@pytest.fixture
+def production_gateway(upstream: tuple[UpstreamDouble, str], sqlite_url: str) -> GatewayFactory:
+    """`gateway_factory`, on uvicorn with the WebSocket protocol `tokenwire serve` uses."""
+    double, upstream_url = upstream
+
+    @asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[Gateway]:
+        overrides.setdefault("database_url", sqlite_url)
+        overrides.setdefault("openai_base_url", f"{upstream_url}/v1")
+        settings = make_settings(**overrides)
+        app = create_app(settings)
+        options = {"ws": LeanWebSocketProtocol, "ws_ping_interval": None, "ws_ping_timeout": None}
+        async with serve(app, **options) as url:
+            yield Gateway(url, settings, double, app)
+
+    return start
+
+
+@asynccontextmanager
+async def raw_socket(gateway: Gateway, user: str = "alice") -> AsyncIterator[ClientConnection]:
+    """An Engine.IO v4 WebSocket joined to /ai, driven by hand (nothing answers pings)."""
+    url = gateway.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+    async with connect(url, proxy=None, compression=None, ping_interval=None) as ws:
+        opened = await asyncio.wait_for(ws.recv(), 10)
+        assert isinstance(opened, str) and opened.startswith("0{"), opened
+        await ws.send("40/ai," + json.dumps({"token": gateway.token(user)}))
+        joined = await asyncio.wait_for(ws.recv(), 10)
+        assert isinstance(joined, str) and joined.startswith('40/ai,{"sid"'), joined
+        yield ws
+
+
+def engine_sockets(gateway: Gateway) -> list[Any]:
+    return list(gateway.app.sio.eio.sockets.values())
+
+
+# --- heartbeats and deadlines
+
+
+async def test_heartbeats_come_every_ping_interval_and_keep_a_websocket_open(
+    production_gateway: GatewayFactory,
+) -> None:
+    async with (
+        production_gateway(ping_interval=0.3, ping_timeout=0.5) as gateway,
+        raw_socket(gateway) as ws,
+    ):
+        pings: list[float] = []
+        async with asyncio.timeout(10):
+            while len(pings) < 5:
+                frame = await ws.recv()
+                if frame == "2":
+                    pings.append(time.monotonic())
+                    await ws.send("3")
+        gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+        # A PING comes PING_INTERVAL after the PONG (the clock may add up to 0.03 s here).
+        assert all(0.3 - 0.01 <= gap <= 0.3 + SLACK_S for gap in gaps), gaps
+        await ws.send('42/ai,1["chat:stop"]')
+        async with asyncio.timeout(10):
+            while (frame := await ws.recv()) == "2":
+                await ws.send("3")
+        assert frame == '43/ai,1[{"ok":true,"stopped":false}]'
+
+
+async def test_a_silent_websocket_is_dropped_after_ping_interval_plus_timeout(
+    production_gateway: GatewayFactory,
+) -> None:
+    async with production_gateway(ping_interval=0.4, ping_timeout=0.6) as gateway:
+        namespace = gateway.app.namespace
+        async with raw_socket(gateway) as ws:
+            silent_since = time.monotonic()  # its last frame was the /ai connect
+            assert namespace.connected == 1
+            with pytest.raises(ConnectionClosed):
+                async with asyncio.timeout(10):
+                    while True:
+                        await ws.recv()  # the PING, never answered
+            closed_after = time.monotonic() - silent_since
+        assert 1.0 - 0.05 <= closed_after <= 1.0 + SLACK_S, closed_after
+        await eventually(lambda: namespace.connected == 0 and not engine_sockets(gateway))
+        assert len(gateway.app.sio.eio.clock) == 0  # nothing left to wake
+
+
+@pytest.mark.parametrize(
+    "transports",
+    [["websocket"], ["polling"], ["polling", "websocket"]],
+    ids=["websocket", "polling", "upgrade"],
+)
+async def test_a_client_stays_connected_across_heartbeats_on_every_transport(
+    production_gateway: GatewayFactory, client_factory: Callable[[], Client], transports: list[str]
+) -> None:
+    async with production_gateway(ping_interval=0.3, ping_timeout=1) as gateway:
+        client = client_factory()
+        await client.connect(gateway.url, gateway.token("alice"), transports=transports)
+        await asyncio.sleep(1.5)  # several heartbeats, and writers that stopped in between
+        assert client.sio.connected
+        assert await client.call("chat:stop") == {"ok": True, "stopped": False}
+        assert client.sio.transport() == transports[-1]
+        (socket,) = engine_sockets(gateway)
+        assert type(socket) is LeanSocket
+
+
+async def test_a_server_side_disconnect_reaches_an_idle_client(
+    production_gateway: GatewayFactory, client_factory: Callable[[], Client]
+) -> None:
+    async with production_gateway(ping_interval=30, ping_timeout=20) as gateway:
+        client = client_factory()
+        gone = asyncio.Event()
+        client.sio.on("disconnect", gone.set, namespace="/ai")
+        await client.connect(gateway.url, gateway.token("alice"))
+        await asyncio.sleep(WRITER_LINGER_S + 0.3)  # its writer has stopped
+        await gateway.app.sio.disconnect(client.sio.get_sid("/ai"), namespace="/ai")
+        await asyncio.wait_for(gone.wait(), 5)
+
+
+async def test_a_bearer_header_authenticates_over_the_websocket(
+    production_gateway: GatewayFactory, client_factory: Callable[[], Client]
+) -> None:
+    """The handshake's headers reach the app after uvicorn's copy of them is dropped."""
+    async with production_gateway() as gateway:
+        client = client_factory()
+        headers = {"Authorization": f"Bearer {gateway.token('bob')}"}
+        await client.connect(gateway.url, headers=headers)
+        sid = client.sio.get_sid("/ai")
+        assert gateway.app.namespace.principals[sid].user_id == "bob"
+
+
+# --- what an idle connection keeps
+
+
+async def test_an_idle_websocket_keeps_no_writer_and_one_clock_entry(
+    production_gateway: GatewayFactory, client_factory: Callable[[], Client]
+) -> None:
+    count = 20
+    async with production_gateway(ping_interval=30, ping_timeout=20) as gateway:
+        clients = [client_factory() for _ in range(count)]
+        for number, client in enumerate(clients):
+            await client.connect(gateway.url, gateway.token(f"user{number}"))
+        await asyncio.sleep(WRITER_LINGER_S + 0.3)
+
+        sockets = engine_sockets(gateway)
+        assert len(sockets) == count
+        assert all(type(s) is LeanSocket and s._writer is None for s in sockets)
+        assert all(type(s.queue) is LeanQueue for s in sockets)
+        engine_tasks = [t for t in asyncio.all_tasks() if "LeanSocket" in t.get_coro().__qualname__]
+        assert engine_tasks == []  # only uvicorn's task per connection is left
+        assert len(gateway.app.sio.eio.clock) == count
+
+        for client in clients:
+            await client.disconnect()
+        await eventually(lambda: not engine_sockets(gateway))
+        await eventually(lambda: len(gateway.app.sio.eio.clock) == 0)
+
+
+async def test_a_reply_reaches_a_client_whose_writer_had_stopped(
+    production_gateway: GatewayFactory, client_factory: Callable[[], Client]
+) -> None:
+    async with production_gateway(ping_interval=30, ping_timeout=20) as gateway:
+        client = client_factory()
+        await client.connect(gateway.url, gateway.token("alice"))
+        await asyncio.sleep(WRITER_LINGER_S + 0.3)
+        ack = await client.call("chat:start", {"message": "hello"})
+        assert ack["ok"] is True, ack
+        name, _ = await client.wait_for("chat:end", "chat:error")
+        assert name == "chat:end"
+        assert client.text() == "".join(gateway.upstream.default.token_list())
+
+
+# --- LeanQueue: asyncio.Queue's semantics where the gateway relies on them
+
+
+async def test_lean_queue_is_a_fifo_whose_getters_wait_in_turn() -> None:
+    queue: LeanQueue[int] = LeanQueue()
+    assert queue.empty() and queue.qsize() == 0
+    first = asyncio.ensure_future(queue.get())
+    second = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait(1)
+    queue.put_nowait(2)
+    await queue.put(3)
+    assert (await first, await second) == (1, 2)
+    assert queue.qsize() == 1 and queue.get_nowait() == 3
+    with pytest.raises(asyncio.QueueEmpty):
+        queue.get_nowait()
+
+
+async def test_lean_queue_passes_a_cancelled_getters_item_on() -> None:
+    queue: LeanQueue[str] = LeanQueue()
+    cancelled = asyncio.ensure_future(queue.get())
+    waiting = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait("x")  # wakes `cancelled` ...
+    cancelled.cancel()  # ... which is cancelled before it runs
+    assert await asyncio.wait_for(waiting, 1) == "x"
+    assert cancelled.cancelled()
+
+
+async def test_lean_queue_join_waits_for_every_task_done() -> None:
+    queue: LeanQueue[int] = LeanQueue()
+    await queue.join()  # nothing unfinished
+    queue.put_nowait(1)
+    queue.put_nowait(2)
+    joined = asyncio.ensure_future(queue.join())
+    queue.get_nowait()
+    queue.task_done()
+    await asyncio.sleep(0)
+    assert not joined.done()
+    queue.get_nowait()
+    queue.task_done()
+    await asyncio.wait_for(joined, 1)
+    with pytest.raises(ValueError):
+        queue.task_done()
+
+
+async def test_lean_queue_calls_on_item_only_when_nobody_waits() -> None:
+    queue: LeanQueue[int] = LeanQueue()
+    calls: list[int] = []
+    queue.on_item = lambda: calls.append(queue.qsize())
+    queue.put_nowait(1)
+    getter = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    assert getter.done()  # took the queued item at once
+    getter = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait(2)  # a getter waits: no call
+    assert await getter == 2
+    assert calls == [1]
