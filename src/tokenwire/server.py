@@ -14,6 +14,7 @@ and only then lets uvicorn close what is left and run the lifespan shutdown.
 
 from __future__ import annotations
 
+import gc
 import signal
 import socket
 from types import FrameType
@@ -43,6 +44,15 @@ class GracefulServer(uvicorn.Server):
             self.force_exit = True
         else:
             self.should_exit = True
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # What start-up imported and built lives as long as the process (~150,000
+        # objects). Frozen, the collector stops walking it in every full
+        # collection, which with thousands of connections open already walks
+        # ~70 objects per connection (B4 scale: a pause of ~0.3 s at 5,000).
+        gc.collect()
+        gc.freeze()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
