@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import resource
 import secrets
 import statistics
 import time
@@ -500,6 +501,17 @@ class Bench:
 
     async def b4(self) -> dict[str, float]:
         s = self.s
+        # The gateway holds a socket per client, plus its own files (the load
+        # generators share the clients between up to 4 processes). Short of
+        # that, connections fail with EMFILE: say why, and measure anyway.
+        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if open_files < s.b4_clients + 1024:
+            print(
+                f"  B4: only {open_files:,} open files per process (the hard limit, "
+                f"`ulimit -Hn`) for {s.b4_clients:,} connections; expect failed "
+                f"connections unless it is {s.b4_clients + 1024:,} or more",
+                flush=True,
+            )
         upstream, up_url = await self.upstream(1, 1)
         server, url = await self.tokenwire(
             up_url, 0, {"PING_INTERVAL": f"{s.b4_ping_s:g}", "PING_TIMEOUT": "20", **self.s.b4_env}
