@@ -260,6 +260,16 @@ class AsgiWebSocket:
         raise OSError()
 
 
+class _Deadline:
+    """A wait the clock ends (its `asyncio.timeout` expires) once loop time `when` has passed."""
+
+    __slots__ = ("timeout", "when")
+
+    def __init__(self, timeout: asyncio.Timeout, when: float) -> None:
+        self.timeout = timeout
+        self.when = when
+
+
 class SocketClock:
     """One loop timer for every socket's heartbeat and deadlines, to within `resolution`.
 
@@ -357,8 +367,8 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
       PING_TIMEOUT is closed, as engine.io's writer did (`_quiet_at`).
 
     A deadline is an `asyncio.timeout(None)` around the wait, registered in
-    `_deadlines` with its loop time; the clock expires it when due (the wait
-    then raises TimeoutError, as `wait_for` did). Receiving a message or
+    `_deadlines` with its loop time (`_Deadline`); the clock expires it when
+    due (the wait then raises TimeoutError, as `wait_for` did). Receiving a message or
     sending a packet only moves a number: no task or timer is created for it,
     and the reader and the writer await the queues without the extra task
     `wait_for` wrapped around each wait.
@@ -374,7 +384,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
     # `AsyncSocket` and `GatewayEngine` switches its class afterwards.
     _tick: int | None = None  # the `SocketClock` bucket it is filed in
     _ping_at: float | None = None
-    _deadlines: dict[asyncio.Timeout, float] | None = None
+    _deadlines: list[_Deadline] | None = None
     _ws: AsgiWebSocket | None = None  # the open WebSocket writers send on
     _writer: asyncio.Future[None] | None = None
     _quiet_at: float | None = None  # when an idle WebSocket is closed, as engine.io's writer did
@@ -386,7 +396,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         due = min(
             self._ping_at if self._ping_at is not None else math.inf,
             self._quiet_at if self._quiet_at is not None else math.inf,
-            *(self._deadlines.values() if self._deadlines else ()),
+            *(deadline.when for deadline in self._deadlines or ()),
         )
         if due < math.inf:
             self.server.clock.wake_at(self, due)
@@ -401,22 +411,28 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         if self._quiet_at is not None and self._quiet_at <= now:
             self._quiet_at = None
             self._close_quiet_websocket()
-        if self._deadlines:
-            for timeout, due in list(self._deadlines.items()):
-                if due <= now:
-                    del self._deadlines[timeout]
-                    timeout.reschedule(-math.inf)  # expires it: the wait raises TimeoutError
+        for deadline in list(self._deadlines or ()):
+            if deadline.when <= now:
+                self._forget(deadline)
+                deadline.timeout.reschedule(-math.inf)  # expires it: the wait raises TimeoutError
         self._rearm()
 
-    def _expire_at(self, timeout: asyncio.Timeout, when: float) -> None:
+    def _deadline(self, timeout: asyncio.Timeout, when: float) -> _Deadline:
+        """Have the clock expire `timeout` (entered, with no time of its own) at `when`."""
+        deadline = _Deadline(timeout, when)
         if self._deadlines is None:
-            self._deadlines = {}
-        self._deadlines[timeout] = when
+            self._deadlines = []
+        self._deadlines.append(deadline)
         self.server.clock.wake_at(self, when)
+        return deadline
 
-    def _forget(self, timeout: asyncio.Timeout) -> None:
-        if self._deadlines is not None:
-            self._deadlines.pop(timeout, None)
+    def _extend(self, deadline: _Deadline, when: float) -> None:
+        deadline.when = when
+        self.server.clock.wake_at(self, when)  # a no-op while filed for earlier
+
+    def _forget(self, deadline: _Deadline) -> None:
+        if self._deadlines is not None and deadline in self._deadlines:
+            self._deadlines.remove(deadline)
             if not self._deadlines:
                 self._deadlines = None
 
@@ -458,11 +474,11 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         """engine.io's poll, waiting at most `limit` seconds (QueueEmpty after that)."""
         try:
             async with asyncio.timeout(None) as timeout:
-                self._expire_at(timeout, asyncio.get_running_loop().time() + limit)
+                deadline = self._deadline(timeout, asyncio.get_running_loop().time() + limit)
                 try:
                     packets = [await self.queue.get()]
                 finally:
-                    self._forget(timeout)
+                    self._forget(deadline)
             self.queue.task_done()
         except (TimeoutError, asyncio.CancelledError):
             raise exceptions.QueueEmpty() from None
@@ -523,16 +539,18 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         limit = self._idle_limit()
         try:
             async with asyncio.timeout(None) as timeout:
-                while True:
-                    self._expire_at(timeout, loop.time() + limit)
-                    try:
+                deadline = self._deadline(timeout, loop.time() + limit)
+                try:
+                    while True:
                         data = await ws.wait()
-                    finally:
-                        self._forget(timeout)  # the deadline covers waiting, not handling
-                    if len(data) > self.server.max_http_buffer_size:
-                        return  # engine.io: 'packet is too large'
-                    if not await self._receive(packet.Packet(encoded_packet=data)):
-                        return
+                        deadline.when = math.inf  # it covers waiting, not handling
+                        if len(data) > self.server.max_http_buffer_size:
+                            return  # engine.io: 'packet is too large'
+                        if not await self._receive(packet.Packet(encoded_packet=data)):
+                            return
+                        self._extend(deadline, loop.time() + limit)
+                finally:
+                    self._forget(deadline)
         except BaseException:
             return
 
