@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -30,7 +31,7 @@ from tests.test_fuzz import eventually
 from tokenwire.app import create_app
 from tokenwire.server import LeanWebSocketProtocol
 from tokenwire.testing import UpstreamDouble, serve
-from tokenwire.wire.engine import WRITER_LINGER_S, LeanQueue, LeanSocket
+from tokenwire.wire.engine import WRITER_LINGER_S, LeanEvent, LeanQueue, LeanSocket
 
 # Slack for a busy 2-core CI machine; the lower bounds are exact.
 SLACK_S = 2.0
@@ -114,6 +115,78 @@ async def test_a_silent_websocket_is_dropped_after_ping_interval_plus_timeout(
         assert 1.0 - 0.05 <= closed_after <= 1.0 + SLACK_S, closed_after
         await eventually(lambda: namespace.connected == 0 and not engine_sockets(gateway))
         assert len(gateway.app.sio.eio.clock) == 0  # nothing left to wake
+
+
+async def test_a_websocket_sent_nothing_for_ping_interval_plus_timeout_is_closed(
+    production_gateway: GatewayFactory,
+) -> None:
+    """engine.io's writer gave up, closing the WebSocket, after that long with nothing to send.
+
+    A client that keeps sending but never answers the PING gets no more
+    PINGs, so nothing more is sent to it; its session ends at the ping
+    timeout (engine.io's sweep) and the WebSocket closes PING_INTERVAL +
+    PING_TIMEOUT after the PING, although the client is still talking.
+    """
+    async with production_gateway(ping_interval=0.3, ping_timeout=0.5) as gateway:
+        namespace = gateway.app.namespace
+        async with raw_socket(gateway) as ws:
+
+            async def chatter() -> None:
+                while True:
+                    await ws.send("6")  # NOOP: the read deadline never comes
+                    await asyncio.sleep(0.1)
+
+            talking = asyncio.create_task(chatter())
+            try:
+                assert await asyncio.wait_for(ws.recv(), 5) == "2"
+                pinged = time.monotonic()
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 10)
+                closed_after = time.monotonic() - pinged
+            finally:
+                talking.cancel()
+        assert 0.8 - 0.05 <= closed_after <= 0.8 + SLACK_S, closed_after
+        await eventually(lambda: namespace.connected == 0 and not engine_sockets(gateway))
+
+
+@pytest.mark.parametrize(
+    ("probe", "then"),
+    [("2ping", None), ("2probe", "6")],
+    ids=["no PING probe", "no UPGRADE packet"],
+)
+async def test_a_failed_upgrade_leaves_the_polling_session_working(
+    production_gateway: GatewayFactory, probe: str, then: str | None
+) -> None:
+    async with (
+        production_gateway(ping_interval=30, ping_timeout=20) as gateway,
+        httpx.AsyncClient(base_url=gateway.url, timeout=10) as http,
+    ):
+        opened = await http.get("/socket.io/", params={"EIO": "4", "transport": "polling"})
+        sid = json.loads(opened.text[1:])["sid"]
+        params = {"EIO": "4", "transport": "polling", "sid": sid}
+        await http.post(
+            "/socket.io/", params=params, content="40/ai," + json.dumps({"token": gateway.token()})
+        )
+        assert (await http.get("/socket.io/", params=params)).text.startswith('40/ai,{"sid"')
+
+        url = (
+            gateway.url.replace("http://", "ws://")
+            + f"/socket.io/?EIO=4&transport=websocket&sid={sid}"
+        )
+        async with connect(url, proxy=None, compression=None, ping_interval=None) as ws:
+            await ws.send(probe)
+            if then is not None:
+                assert await asyncio.wait_for(ws.recv(), 5) == "3probe"
+                await ws.send(then)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+
+        await http.post("/socket.io/", params=params, content='42/ai,1["chat:stop"]')
+        polled = ""
+        async with asyncio.timeout(10):
+            while "43/ai,1" not in polled:
+                polled = (await http.get("/socket.io/", params=params)).text
+        assert '43/ai,1[{"ok":true,"stopped":false}]' in polled.split("\x1e")
 
 
 @pytest.mark.parametrize(
@@ -245,6 +318,22 @@ async def test_lean_queue_join_waits_for_every_task_done() -> None:
     await asyncio.wait_for(joined, 1)
     with pytest.raises(ValueError):
         queue.task_done()
+
+
+async def test_lean_event_wakes_every_waiter_once_set() -> None:
+    event = LeanEvent()
+    assert not event.is_set()
+    waiters = [asyncio.ensure_future(event.wait()) for _ in range(3)]
+    cancelled = asyncio.ensure_future(event.wait())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiters)
+    event.set()
+    assert await asyncio.gather(*waiters) == [True, True, True]
+    assert await event.wait() is True  # already set: at once
+    event.clear()
+    assert not event.is_set()
 
 
 async def test_lean_queue_calls_on_item_only_when_nobody_waits() -> None:
