@@ -349,7 +349,16 @@ class Bench:
             return None
         name = label.replace(" ", "-").replace("#", "")
         self.s.profile.mkdir(parents=True, exist_ok=True)
-        argv = ["py-spy", "record", "--pid", str(server.pid), "--rate", "250", "--nonblocking", "--gil"]
+        argv = [
+            "py-spy",
+            "record",
+            "--pid",
+            str(server.pid),
+            "--rate",
+            "250",
+            "--nonblocking",
+            "--gil",
+        ]
         argv += ["--duration", str(max(1, int(window_s))), "--format", "raw"]
         argv += ["-o", str(self.s.profile / f"{name}.txt")]
         return await self.procs.start(f"py-spy-{name}", argv)

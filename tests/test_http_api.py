@@ -17,7 +17,8 @@ async def _converse(
     if conversation_id:
         payload["conversationId"] = conversation_id
     await client.emit("chat:start", payload)
-    return (await client.wait_for("chat:end"))[1]
+    end: dict[str, Any] = (await client.wait_for("chat:end"))[1]
+    return end
 
 
 async def test_conversations_and_messages_for_their_owner(gateway: Gateway, client: Client) -> None:

@@ -26,11 +26,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import Client, Gateway, GatewayFactory, make_settings
+from tests.conftest import Client, Gateway, GatewayFactory
 from tests.test_fuzz import eventually
-from tokenwire.app import create_app
-from tokenwire.server import LeanWebSocketProtocol
-from tokenwire.testing import UpstreamDouble, serve
 from tokenwire.wire.engine import WRITER_LINGER_S, LeanEvent, LeanQueue, LeanSocket
 
 # Slack for a busy 2-core CI machine; the lower bounds are exact.
@@ -38,21 +35,9 @@ SLACK_S = 2.0
 
 
 @pytest.fixture
-def production_gateway(upstream: tuple[UpstreamDouble, str], sqlite_url: str) -> GatewayFactory:
-    """`gateway_factory`, on uvicorn with the WebSocket protocol `tokenwire serve` uses."""
-    double, upstream_url = upstream
-
-    @asynccontextmanager
-    async def start(**overrides: Any) -> AsyncIterator[Gateway]:
-        overrides.setdefault("database_url", sqlite_url)
-        overrides.setdefault("openai_base_url", f"{upstream_url}/v1")
-        settings = make_settings(**overrides)
-        app = create_app(settings)
-        options = {"ws": LeanWebSocketProtocol, "ws_ping_interval": None, "ws_ping_timeout": None}
-        async with serve(app, **options) as url:
-            yield Gateway(url, settings, double, app)
-
-    return start
+def production_gateway(gateway_factory: GatewayFactory) -> GatewayFactory:
+    """`gateway_factory`: `tokenwire.testing.serve` runs the WebSocket protocol `tokenwire serve` uses."""
+    return gateway_factory
 
 
 @asynccontextmanager
@@ -250,7 +235,11 @@ async def test_an_idle_websocket_keeps_no_writer_and_one_clock_entry(
         assert len(sockets) == count
         assert all(type(s) is LeanSocket and s._writer is None for s in sockets)
         assert all(type(s.queue) is LeanQueue for s in sockets)
-        engine_tasks = [t for t in asyncio.all_tasks() if "LeanSocket" in t.get_coro().__qualname__]
+        engine_tasks = [
+            t
+            for t in asyncio.all_tasks()
+            if "LeanSocket" in getattr(t.get_coro(), "__qualname__", "")
+        ]
         assert engine_tasks == []  # only uvicorn's task per connection is left
         assert len(gateway.app.sio.eio.clock) == count
 

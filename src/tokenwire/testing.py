@@ -256,13 +256,20 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def serve(app: Any, *, port: int | None = None, **config: Any) -> AsyncIterator[str]:
-    """Run an ASGI app on uvicorn in this event loop, on a real port; yields its base URL."""
+    """Run an ASGI app on uvicorn in this event loop, on a real port; yields its base URL.
+
+    WebSockets use the protocol `tokenwire serve` runs, so tests exercise it.
+    """
+    from tokenwire.server import LeanWebSocketProtocol
+
     port = port or free_port()
     options: dict[str, Any] = {
         "log_config": None,
         "access_log": False,
         "lifespan": "on",
-        "ws": "websockets-sansio",
+        "ws": LeanWebSocketProtocol,
+        "ws_ping_interval": None,  # Socket.IO runs its own heartbeat, as in production
+        "ws_ping_timeout": None,
         # Long-polling requests left open by departed clients must not hold
         # up the end of a test.
         "timeout_graceful_shutdown": 2,

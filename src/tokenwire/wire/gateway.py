@@ -10,7 +10,6 @@ acknowledgement when the client asks for one: `{ok: true, ...ids}` or
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -293,7 +292,7 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         return self.runtime
 
 
-def _discard_queue(queue: asyncio.Queue[Any]) -> None:
+def _discard_queue(queue: Any) -> None:  # engine.io's send queue (a LeanQueue)
     while not queue.empty():
         queue.get_nowait()
         queue.task_done()
