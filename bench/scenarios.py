@@ -111,6 +111,7 @@ class StreamResult:
             "STREAM_FLUSH_MS": "-" if self.flush_ms is None else f"{self.flush_ms:g}",
             "clients": str(self.clients),
             "tokens/s": f"{self.tokens_per_s:,.0f}",
+            "held": f"{self.held:.0%}",
             "frames/s": f"{self.frames / w:,.0f}",
             "gateway CPU": f"{self.gateway_cpu_s / w:.0%}",
             "µs CPU/token": f"{self.cpu_per_token_us:.1f}",
