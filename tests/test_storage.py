@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from tests.conftest import POSTGRES_URL, GatewayFactory, require_service, reset_postgres
 from tokenwire.storage import Database
@@ -189,3 +190,23 @@ async def test_database_outage_answers_unavailable_and_heals(
             lost = f"/api/conversations/{error['conversationId']}/messages"
             assert (await http.get(lost)).status_code == 404
     await proxy.cut()
+
+
+async def test_a_connection_returned_mid_transaction_is_rolled_back(sqlite_url: str) -> None:
+    """The pool skips ROLLBACK after our transactions end, but not for one left open."""
+    database = Database(sqlite_url)
+    try:
+        async with database.connection() as conn:
+            await conn.execute(text("CREATE TABLE scratch (x INTEGER)"))
+        conn = await database.engine.connect()
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None  # aiosqlite's connection
+        await driver.execute("BEGIN")  # behind SQLAlchemy's back: it cannot end this one
+        await driver.execute("INSERT INTO scratch VALUES (1)")
+        assert driver.in_transaction
+        await conn.close()
+        assert not driver.in_transaction  # the reset rolled it back; the write lock is free
+        async with database.connection() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM scratch"))).scalar() == 0
+    finally:
+        await database.dispose()
