@@ -182,24 +182,16 @@ class ChatService:
 
     async def _announce(self, turn: Turn, text: str, writer: ChunkWriter) -> None:
         """chat:conversation (for a new one) and chat:user-message, before any chunk."""
-        emit = writer.emit
-        if emit is None:
-            return
-        try:
-            if turn.created:
-                await emit("chat:conversation", {"conversationId": turn.conversation_id})
-            await emit(
-                "chat:user-message",
-                {
-                    "messageId": turn.user_message_id,
-                    "content": text,
-                    "conversationId": turn.conversation_id,
-                },
-            )
-        except Exception:
-            # The socket went away: the reply carries on and is saved, unseen.
-            log.debug("socket gone before the turn was announced", exc_info=True)
-            writer.detach()
+        if turn.created:
+            await writer.event("chat:conversation", {"conversationId": turn.conversation_id})
+        await writer.event(
+            "chat:user-message",
+            {
+                "messageId": turn.user_message_id,
+                "content": text,
+                "conversationId": turn.conversation_id,
+            },
+        )
 
     async def stop(self, sid: str) -> Reply | None:
         """Stop this socket's running reply and wait until it is saved and announced."""
@@ -337,8 +329,7 @@ class ChatService:
                 "completion_tokens": usage.completion_tokens,
             },
         )
-        emit = reply.writer.emit
-        if emit is None:
+        if reply.writer.emit is None:
             return
         ids = {"conversationId": reply.conversation_id, "messageId": reply.message_id}
         payload: dict[str, Any]
@@ -362,10 +353,7 @@ class ChatService:
                 conversationId=reply.conversation_id,
                 messageId=reply.message_id,
             )
-        try:
-            await emit(event, payload)
-        except Exception:
-            log.debug("final event not delivered; the socket went away", exc_info=True)
+        await reply.writer.event(event, payload)
 
     async def _save(self, message_id: str, finished: FinishedReply) -> None:
         """Save a finished reply, retrying through a short database outage."""

@@ -164,25 +164,31 @@ class ChunkWriter:
         await self._send(text)
 
     async def _send(self, text: str) -> None:
-        emit = self.emit
-        if emit is None:
+        if self.emit is None:
             return
         offset = self.sent
         self.sent += utf16_len(text)
         self._last_send = self._loop.time()
+        await self.event(
+            "chat:message",
+            {
+                "content": text,
+                "isComplete": False,
+                "messageId": self._message_id,
+                "conversationId": self._conversation_id,
+                "offset": offset,
+            },
+        )
+
+    async def event(self, name: str, payload: dict[str, Any]) -> None:
+        """Send one event of this reply to its socket, if it still has one."""
+        emit = self.emit
+        if emit is None:
+            return
         try:
-            await emit(
-                "chat:message",
-                {
-                    "content": text,
-                    "isComplete": False,
-                    "messageId": self._message_id,
-                    "conversationId": self._conversation_id,
-                    "offset": offset,
-                },
-            )
+            await emit(name, payload)
         except Exception:
             # The socket went away between our check and the send; the reply
             # carries on and is saved, only this client stops receiving it.
-            log.debug("dropping chunks for a socket that went away", exc_info=True)
+            log.debug("socket went away; %s not delivered", name, exc_info=True)
             self.detach()
