@@ -201,6 +201,8 @@ class Bench:
             "LLM_PROVIDER": "openai",
             "OPENAI_BASE_URL": upstream,
             "OPENAI_API_KEY": "sk-bench",
+            # The old default's spelling: every revision reads it (newer ones
+            # map it to sqlite3), so --ref/--tree can measure older trees.
             "DATABASE_URL": f"sqlite+aiosqlite:///{work}/bench.db",
             "JWT_SECRET": self.s.secret,
             "RATE_LIMIT_CHAT": "1000000/minute",

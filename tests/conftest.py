@@ -74,7 +74,7 @@ async def reset_postgres(url: str) -> None:
 async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[str]:
     """A fresh, migrated-on-start database: SQLite, then PostgreSQL when reachable."""
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path}/tokenwire.db"
+        yield f"sqlite:///{tmp_path}/tokenwire.db"
         return
     require_service("PostgreSQL", POSTGRES_URL, 5432)
     await reset_postgres(POSTGRES_URL)
@@ -89,7 +89,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIt
 
 @pytest.fixture
 def sqlite_url(tmp_path: Any) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path}/tokenwire.db"
+    return f"sqlite:///{tmp_path}/tokenwire.db"
 
 
 @pytest.fixture

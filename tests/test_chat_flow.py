@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 from tests.conftest import Client, Gateway
@@ -150,13 +151,19 @@ async def test_first_tokens_do_not_wait_on_the_database_and_the_end_does(
     """The turn is written after its first token; chat:end (and the ack) wait for that commit."""
     gateway.upstream.enqueue(Script(tokens=[f"t{i} " for i in range(5)]))
     database = gateway.services.database
-    assert database._write_lock is not None  # SQLite: every write queues on this lock
-    async with database._write_lock:  # the database is slow: no write can commit
+    assert database.is_sqlite  # SQLite: every write queues on its one writer thread
+    slow_disk = threading.Event()
+    # The database is slow: a write holds the writer, so no other write can commit.
+    stuck = asyncio.create_task(database.run(lambda _conn: slow_disk.wait(10)))
+    try:
         await client.emit("chat:start", {"message": "slow disk"})
         await client.wait_for("chat:message")
         await asyncio.sleep(0.2)  # the whole reply has arrived from the upstream by now
         assert client.text() == "t0 t1 t2 t3 t4 "
         assert client.named("chat:end") == []
+    finally:
+        slow_disk.set()
+        assert await stuck
     end = (await client.wait_for("chat:end"))[1]
     assert end["content"] == "t0 t1 t2 t3 t4 "
     saved = await gateway.services.repository.get_message(end["messageId"])

@@ -15,7 +15,7 @@ def test_defaults_serve_the_demo_model_on_sqlite(monkeypatch: pytest.MonkeyPatch
         monkeypatch.delenv(name, raising=False)
     settings = load_settings(_env_file=None)
     assert settings.llm_provider == "demo"
-    assert settings.database_url == "sqlite+aiosqlite:///./tokenwire.db"
+    assert settings.database_url == "sqlite:///./tokenwire.db"
     assert settings.allowed_models == ["gpt-4"]
     assert settings.max_tokens_limit == settings.default_max_tokens == 4096
     assert settings.cors_origin == ["http://localhost:5173"]

@@ -28,7 +28,7 @@ async def serve_process(
     environment = {
         **os.environ,
         "PORT": str(port),
-        "DATABASE_URL": f"sqlite+aiosqlite:///{db}",
+        "DATABASE_URL": f"sqlite:///{db}",
         "OPENAI_BASE_URL": f"{upstream_url}/v1",
         "OPENAI_API_KEY": "sk-test",
         "JWT_SECRET": SECRET,

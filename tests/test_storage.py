@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
+import threading
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from tests.conftest import POSTGRES_URL, GatewayFactory, require_service, reset_postgres
 from tokenwire.storage import Database
@@ -196,17 +198,69 @@ async def test_a_connection_returned_mid_transaction_is_rolled_back(sqlite_url: 
     """The pool skips ROLLBACK after our transactions end, but not for one left open."""
     database = Database(sqlite_url)
     try:
-        async with database.connection() as conn:
-            await conn.execute(text("CREATE TABLE scratch (x INTEGER)"))
-        conn = await database.engine.connect()
-        driver = (await conn.get_raw_connection()).driver_connection
-        assert driver is not None  # aiosqlite's connection
-        await driver.execute("BEGIN")  # behind SQLAlchemy's back: it cannot end this one
-        await driver.execute("INSERT INTO scratch VALUES (1)")
+        await database.run(lambda conn: conn.execute(text("CREATE TABLE scratch (x INTEGER)")))
+        pooled = database.engine.raw_connection()
+        driver = pooled.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
+        driver.execute("BEGIN")  # behind SQLAlchemy's back: it cannot end this one
+        driver.execute("INSERT INTO scratch VALUES (1)")
         assert driver.in_transaction
-        await conn.close()
+        pooled.close()  # back to the pool
         assert not driver.in_transaction  # the reset rolled it back; the write lock is free
-        async with database.connection() as conn:
-            assert (await conn.execute(text("SELECT count(*) FROM scratch"))).scalar() == 0
+        count = await database.run(
+            lambda conn: conn.execute(text("SELECT count(*) FROM scratch")).scalar()
+        )
+        assert count == 0
+    finally:
+        await database.dispose()
+
+
+async def test_sqlite_runs_each_transaction_whole_in_one_thread_hop(sqlite_url: str) -> None:
+    """A transaction is one hand-off: its statements share one connection and commit together."""
+    database = Database(sqlite_url)
+    loop_thread = threading.get_ident()
+    try:
+
+        def write(conn: Connection) -> tuple[int, int]:
+            conn.execute(text("CREATE TABLE scratch (x INTEGER)"))
+            conn.execute(text("INSERT INTO scratch VALUES (1), (2)"))
+            return threading.get_ident(), conn.execute(
+                text("SELECT count(*) FROM scratch")
+            ).scalar_one()
+
+        thread, seen = await database.run(write)
+        assert thread != loop_thread and seen == 2
+
+        def fail(conn: Connection) -> None:
+            conn.execute(text("INSERT INTO scratch VALUES (3)"))
+            raise LookupError("rolled back")
+
+        with pytest.raises(LookupError):
+            await database.run(fail)
+        count = await database.run(
+            lambda conn: conn.execute(text("SELECT count(*) FROM scratch")).scalar_one(),
+            write=False,
+        )
+        assert count == 2  # the failed transaction left nothing behind
+    finally:
+        await database.dispose()
+
+
+async def test_sqlite_memory_database_is_one_database_for_every_call() -> None:
+    """`sqlite://` (in memory) must not become one database per thread."""
+    database = Database("sqlite://")
+    try:
+        await upgrade(database)
+        assert await is_current(database)  # a read: it sees what the write created
+    finally:
+        await database.dispose()
+
+
+async def test_aiosqlite_urls_still_work(tmp_path: Any) -> None:
+    """The default used to be `sqlite+aiosqlite://`; existing settings keep working."""
+    database = Database(f"sqlite+aiosqlite:///{tmp_path}/old.db")
+    try:
+        assert database.is_sqlite and database.url.drivername == "sqlite+pysqlite"
+        assert await database.ping()
     finally:
         await database.dispose()

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     admin_users: Annotated[list[str], NoDecode] = []
 
     # --- storage
-    database_url: str = "sqlite+aiosqlite:///./tokenwire.db"
+    database_url: str = "sqlite:///./tokenwire.db"
     redis_url: str | None = None
 
     # --- upstream model

@@ -106,7 +106,6 @@ def configure_logging(level: str, *, json: bool) -> None:
         "engineio",
         "aiohttp",
         "httpcore",
-        "aiosqlite",
         "sqlalchemy.engine",
         "alembic",
     ):

@@ -95,7 +95,7 @@ class Services:
             log.info(
                 "tokenwire ready: provider=%s database=%s",
                 chat.provider.name,
-                database.engine.url.render_as_string(hide_password=True),
+                database.describe(),
             )
             yield services
             await chat.shutdown(settings.shutdown_grace_s)

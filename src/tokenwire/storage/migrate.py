@@ -33,8 +33,7 @@ async def upgrade(database: Database, revision: str = "head") -> None:
     def run(connection: Connection) -> None:
         command.upgrade(_config(connection), revision)
 
-    async with database.engine.begin() as connection:
-        await connection.run_sync(run)
+    await database.run(run)
 
 
 async def is_current(database: Database) -> bool:
@@ -43,5 +42,4 @@ async def is_current(database: Database) -> bool:
         current = MigrationContext.configure(connection).get_current_heads()
         return set(current) == set(script.get_heads())
 
-    async with database.engine.connect() as connection:
-        return await connection.run_sync(check)
+    return await database.run(check, write=False)

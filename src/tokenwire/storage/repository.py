@@ -5,6 +5,10 @@ else raises the same `NotFound` as one that does not exist, so ids leak nothing.
 A reply costs two writes (one transaction before the first token, one at the
 end) plus one checkpoint per CHECKPOINT_INTERVAL_S while it streams; never a
 write per token.
+
+Each method is one transaction: its body is synchronous SQLAlchemy code handed
+to `Database.run`, which runs it whole in a database thread (SQLite) or on the
+event loop through the async driver (PostgreSQL); see `storage.database`.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from tokenwire.errors import NotFound
 from tokenwire.storage.database import Database
@@ -118,12 +122,13 @@ class Repository:
 
     async def load_history(self, user_id: str, conversation_id: str) -> list[dict[str, str]]:
         """The conversation's messages as the model sees them; NotFound unless it is the user's."""
-        async with self.db.connection(write=False) as conn:
-            owner = await conn.scalar(_OWNER, {"b_id": conversation_id})
-            if owner != user_id:
-                raise NotFound()
-            rows = await conn.execute(_HISTORY, {"b_id": conversation_id})
+
+        def load(conn: Connection) -> list[dict[str, str]]:
+            _check_owner(conn, user_id, conversation_id)
+            rows = conn.execute(_HISTORY, {"b_id": conversation_id})
             return [{"role": role, "content": content} for role, content in rows]
+
+        return await self.db.run(load, write=False)
 
     async def begin_turn(self, turn: Turn, *, user_id: str, text: str, model: str) -> None:
         """Commit the user's message and an empty streaming reply (and a new conversation), in one transaction."""
@@ -153,31 +158,34 @@ class Repository:
                 "updated_at": later,
             },
         ]
+
+        def begin(conn: Connection) -> None:
+            if turn.created:
+                conversation = {
+                    "id": turn.conversation_id,
+                    "user_id": user_id,
+                    "title": _title(text),
+                    "model": model,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                conn.execute(_NEW_CONVERSATION, conversation)
+            else:
+                touched = conn.execute(
+                    _TOUCH_CONVERSATION,
+                    {
+                        "b_id": turn.conversation_id,
+                        "b_user": user_id,
+                        "b_now": now,
+                        "b_model": model,
+                    },
+                )
+                if touched.rowcount != 1:
+                    raise NotFound()
+            conn.execute(_NEW_MESSAGE, messages)
+
         try:
-            async with self.db.connection() as conn:
-                if turn.created:
-                    conversation = {
-                        "id": turn.conversation_id,
-                        "user_id": user_id,
-                        "title": _title(text),
-                        "model": model,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    await conn.execute(_NEW_CONVERSATION, conversation)
-                else:
-                    touched = await conn.execute(
-                        _TOUCH_CONVERSATION,
-                        {
-                            "b_id": turn.conversation_id,
-                            "b_user": user_id,
-                            "b_now": now,
-                            "b_model": model,
-                        },
-                    )
-                    if touched.rowcount != 1:
-                        raise NotFound()
-                await conn.execute(_NEW_MESSAGE, messages)
+            await self.db.run(begin)
         except IntegrityError as exc:
             # The conversation was deleted between reading its history and now.
             raise NotFound() from exc
@@ -191,73 +199,79 @@ class Repository:
             {"b_id": mid, "b_content": _storable(text), "b_now": now}
             for mid, text in contents.items()
         ]
-        async with self.db.connection() as conn:
-            await conn.execute(_CHECKPOINT, rows)
+        await self.db.run(lambda conn: conn.execute(_CHECKPOINT, rows))
 
     async def finish_reply(self, message_id: str, reply: FinishedReply) -> None:
-        async with self.db.connection() as conn:
-            await conn.execute(
-                _FINISH,
-                {
-                    "b_id": message_id,
-                    "b_content": _storable(reply.content),
-                    "b_status": reply.status.value,
-                    "b_finish": reply.finish_reason,
-                    "b_model": reply.model,
-                    "b_prompt": reply.prompt_tokens,
-                    "b_completion": reply.completion_tokens,
-                    "b_now": utcnow(),
-                },
-            )
+        values = {
+            "b_id": message_id,
+            "b_content": _storable(reply.content),
+            "b_status": reply.status.value,
+            "b_finish": reply.finish_reason,
+            "b_model": reply.model,
+            "b_prompt": reply.prompt_tokens,
+            "b_completion": reply.completion_tokens,
+            "b_now": utcnow(),
+        }
+        await self.db.run(lambda conn: conn.execute(_FINISH, values))
 
     async def sweep_stale(self, older_than: datetime) -> int:
         """Mark replies left `streaming` by a dead process as `interrupted`; returns how many."""
-        async with self.db.connection() as conn:
-            result = await conn.execute(_SWEEP, {"b_before": older_than, "b_now": utcnow()})
-        return int(result.rowcount or 0)
+        values = {"b_before": older_than, "b_now": utcnow()}
+        return await self.db.run(lambda conn: int(conn.execute(_SWEEP, values).rowcount or 0))
 
     async def list_conversations(
         self, user_id: str, *, limit: int, offset: int
     ) -> tuple[list[Conversation], int]:
-        async with self.db.session(write=False) as session:
-            total = await session.scalar(
-                select(func.count())
-                .select_from(Conversation)
-                .where(Conversation.user_id == user_id)
-            )
-            rows = await session.scalars(
-                select(Conversation)
-                .where(Conversation.user_id == user_id)
-                .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
-                .limit(limit)
-                .offset(offset)
-            )
-            return list(rows), int(total or 0)
+        def page(conn: Connection) -> tuple[list[Conversation], int]:
+            with Session(conn) as session:
+                total = session.scalar(
+                    select(func.count())
+                    .select_from(Conversation)
+                    .where(Conversation.user_id == user_id)
+                )
+                rows = session.scalars(
+                    select(Conversation)
+                    .where(Conversation.user_id == user_id)
+                    .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+                    .limit(limit)
+                    .offset(offset)
+                )
+                return list(rows), int(total or 0)
+
+        return await self.db.run(page, write=False)
 
     async def list_messages(self, user_id: str, conversation_id: str) -> list[Message]:
-        async with self.db.session(write=False) as session:
-            await self._owned(session, user_id, conversation_id)
-            rows = await session.scalars(
-                select(Message)
-                .where(Message.conversation_id == conversation_id)
-                .order_by(Message.created_at, Message.id)
-            )
-            return list(rows)
+        def messages(conn: Connection) -> list[Message]:
+            _check_owner(conn, user_id, conversation_id)
+            with Session(conn) as session:
+                return list(
+                    session.scalars(
+                        select(Message)
+                        .where(Message.conversation_id == conversation_id)
+                        .order_by(Message.created_at, Message.id)
+                    )
+                )
+
+        return await self.db.run(messages, write=False)
 
     async def delete_conversation(self, user_id: str, conversation_id: str) -> None:
-        async with self.db.session() as session:
-            await self._owned(session, user_id, conversation_id)
+        def remove(conn: Connection) -> None:
+            _check_owner(conn, user_id, conversation_id)
             # Explicit, so it does not depend on the backend enforcing ON DELETE CASCADE.
-            await session.execute(delete(Message).where(Message.conversation_id == conversation_id))
-            await session.execute(delete(Conversation).where(Conversation.id == conversation_id))
+            conn.execute(delete(_M).where(_M.c.conversation_id == conversation_id))
+            conn.execute(delete(_C).where(_C.c.id == conversation_id))
+
+        await self.db.run(remove)
 
     async def get_message(self, message_id: str) -> Message | None:
-        async with self.db.session(write=False) as session:
-            return await session.get(Message, message_id)
+        def get(conn: Connection) -> Message | None:
+            with Session(conn) as session:
+                return session.get(Message, message_id)
 
-    @staticmethod
-    async def _owned(session: AsyncSession, user_id: str, conversation_id: str) -> Conversation:
-        conversation = await session.get(Conversation, conversation_id)
-        if conversation is None or conversation.user_id != user_id:
-            raise NotFound()
-        return conversation
+        return await self.db.run(get, write=False)
+
+
+def _check_owner(conn: Connection, user_id: str, conversation_id: str) -> None:
+    """NotFound unless the conversation exists and is the user's."""
+    if conn.scalar(_OWNER, {"b_id": conversation_id}) != user_id:
+        raise NotFound()

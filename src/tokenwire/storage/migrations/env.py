@@ -32,9 +32,10 @@ def _run_standalone() -> None:
 
     async def main() -> None:
         database = Database(load_settings().database_url)
-        async with database.engine.begin() as connection:
-            await connection.run_sync(_run)
-        await database.dispose()
+        try:
+            await database.run(_run)
+        finally:
+            await database.dispose()
 
     asyncio.run(main())
 
