@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -23,11 +24,13 @@ from typing import Any
 
 import httpx
 import pytest
+from engineio.packet import MESSAGE, Packet
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import Client, Gateway, GatewayFactory
 from tests.test_fuzz import eventually
+from tokenwire.testing import Script
 from tokenwire.wire.engine import WRITER_LINGER_S, LeanEvent, LeanQueue, LeanSocket
 
 # Slack for a busy 2-core CI machine; the lower bounds are exact.
@@ -261,6 +264,136 @@ async def test_a_reply_reaches_a_client_whose_writer_had_stopped(
         name, _ = await client.wait_for("chat:end", "chat:error")
         assert name == "chat:end"
         assert client.text() == "".join(gateway.upstream.default.token_list())
+
+
+# --- sending without the writer task
+
+
+async def test_a_reply_on_an_open_websocket_is_written_without_a_writer_task(
+    production_gateway: GatewayFactory, client_factory: Callable[[], Client]
+) -> None:
+    """With nothing queued, `LeanSocket.send` writes each frame itself: no writer wakes per frame."""
+    async with production_gateway(ping_interval=30, ping_timeout=20) as gateway:
+        client = client_factory()
+        await client.connect(gateway.url, gateway.token("alice"))
+        await eventually(lambda: all(s._writer is None for s in engine_sockets(gateway)))
+        (socket,) = engine_sockets(gateway)
+        before = socket._sent_at
+        gateway.upstream.enqueue(Script(count=50, delay_s=0.002))
+        assert (await client.call("chat:start", {"message": "hi"}))["ok"] is True
+        await client.wait_for("chat:end")
+        assert client.text() == "".join(f"token{i} " for i in range(50))
+        assert socket._sent_at > before  # the ack, the announcements, the chunks, chat:end
+        assert socket._writer is None  # no writer was started for any of them
+
+
+class _RecordingWebSocket:
+    """Stands in for a socket's `AsgiWebSocket`: records what was sent, and by which path."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.release = asyncio.Event()
+        self.release.set()
+
+    def send_nowait(self, text: str) -> bool:
+        self.sent.append(text)
+        return True
+
+    async def send(self, text: str) -> None:
+        await self.release.wait()  # a connection over its high-water mark, when cleared
+        self.sent.append(text)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_direct_write_never_overtakes_a_queued_or_held_packet(
+    production_gateway: GatewayFactory, client_factory: Callable[[], Client]
+) -> None:
+    """`send` writes directly only when no packet is queued and the writer holds none."""
+    async with production_gateway(ping_interval=30, ping_timeout=20) as gateway:
+        client = client_factory()
+        await client.connect(gateway.url, gateway.token("alice"))
+        await eventually(lambda: all(s._writer is None for s in engine_sockets(gateway)))
+        (socket_,) = engine_sockets(gateway)
+        real, fake = socket_._ws, _RecordingWebSocket()
+        socket_._ws = fake
+        try:
+            # Queued, and its writer not yet run: the next packet queues behind it.
+            socket_.queue.put_nowait(Packet(MESSAGE, "a"))
+            await socket_.send(Packet(MESSAGE, "b"))
+            await eventually(lambda: len(fake.sent) == 2)
+            assert fake.sent == ["4a", "4b"]
+            # The writer took a packet and waits to send it: the next one waits too.
+            fake.release.clear()
+            socket_.queue.put_nowait(Packet(MESSAGE, "c"))
+            await eventually(lambda: socket_.queue.empty())
+            await socket_.send(Packet(MESSAGE, "d"))
+            fake.release.set()
+            await eventually(lambda: len(fake.sent) == 4)
+            assert fake.sent[2:] == ["4c", "4d"]
+            # Nothing queued or held: written at once, by the caller.
+            await eventually(lambda: not socket_._writing)
+            await socket_.send(Packet(MESSAGE, "e"))
+            assert fake.sent[4:] == ["4e"]
+        finally:
+            if socket_._writer is not None:
+                socket_.queue.put_nowait(None)
+                await socket_._writer
+            socket_._ws = real
+        await client.disconnect()
+
+
+async def test_a_client_that_reads_slowly_gets_every_chunk_in_order(
+    production_gateway: GatewayFactory,
+) -> None:
+    """Frames queued while the connection is over its high-water mark are never overtaken.
+
+    The client stops reading while a reply of ~4 MB streams: the kernel's
+    buffers (the client's kept small) fill, the transport pauses writing, frames wait in the queue for
+    the writer, and direct writes must wait behind them. When the client
+    reads again, the chunks' offsets must run on without a gap or a repeat.
+    """
+    tokens = [f"{i:06d}" + "x" * 1994 for i in range(2000)]
+    async with production_gateway(ping_interval=30, ping_timeout=20) as gateway:
+        gateway.upstream.enqueue(Script(tokens=tokens))
+        url = gateway.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+        small = socket.socket()
+        small.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        small.setblocking(False)
+        host, port = gateway.url.removeprefix("http://").split(":")
+        await asyncio.get_running_loop().sock_connect(small, (host, int(port)))
+        async with connect(
+            url,
+            sock=small,
+            proxy=None,
+            compression=None,
+            ping_interval=None,
+            max_queue=1,
+            max_size=None,
+        ) as ws:
+            assert str(await asyncio.wait_for(ws.recv(), 10)).startswith("0{")
+            await ws.send("40/ai," + json.dumps({"token": gateway.token("alice")}))
+            assert str(await asyncio.wait_for(ws.recv(), 10)).startswith("40/ai,")
+            await ws.send('42/ai,["chat:start",{"message":"a long one"}]')
+            await asyncio.sleep(1.5)  # not reading: the reply piles up on the way
+            engine_socket = engine_sockets(gateway)[0]
+            assert engine_socket.queue.qsize() > 0  # the writer is holding frames back
+            text, offset = "", 0
+            async with asyncio.timeout(30):
+                while True:
+                    frame = str(await ws.recv())
+                    if not frame.startswith("42/ai,"):
+                        continue
+                    name, payload = json.loads(frame[6:])
+                    if name == "chat:message":
+                        assert payload["offset"] == offset
+                        text += payload["content"]
+                        offset += len(payload["content"])
+                    elif name == "chat:end":
+                        assert payload["content"] == text
+                        break
+        assert text == "".join(tokens)
 
 
 # --- LeanQueue: asyncio.Queue's semantics where the gateway relies on them

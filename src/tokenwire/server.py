@@ -22,6 +22,7 @@ from typing import Any
 
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 from websockets.http11 import Request
 
 from tokenwire.app import TokenwireApp
@@ -138,6 +139,32 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
         if message["type"] == "websocket.accept" and self.handshake_complete:
             self.request = self.response = None  # type: ignore[assignment]
+
+    def send_text_nowait(self, text: str) -> bool:
+        """`send` of one text message, if it can go without waiting; False if not sent.
+
+        What uvicorn's `send` does for `websocket.send` once the handshake is
+        done, without the ASGI message and the coroutine: the Engine.IO
+        socket (`wire.engine.LeanSocket`) writes a reply's frames through
+        this when nothing is queued ahead of them. It refuses (and the frame
+        takes the queue and the writer task instead) whenever `send` would
+        have to wait or fail: the transport is over its high-water mark, or
+        the connection is closing or closed.
+        """
+        if (
+            not self.writable.is_set()
+            or self.disconnected
+            or self.close_sent
+            or not self.handshake_complete
+            or self.initial_response is not None
+        ):
+            return False
+        try:
+            self.conn.send_text(text.encode())
+        except InvalidState:
+            return False
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
 
 
 def uvicorn_config(app: TokenwireApp, settings: Settings, **overrides: object) -> uvicorn.Config:
