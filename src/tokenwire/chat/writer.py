@@ -5,10 +5,11 @@ UTF-16 code units, the unit of JavaScript's `String.length`, so a browser can
 check `offset === text.length` before appending and never show a chunk twice
 or out of place.
 
-With STREAM_FLUSH_MS > 0, tokens that arrive within the interval after a send
-are coalesced into one frame: fewer frames, less CPU per token. The first
-chunk, and any chunk after a quiet spell longer than the interval, goes at
-once, so coalescing never delays the first token.
+With STREAM_FLUSH_MS > 0, tokens that arrive between two beats of a clock
+shared by every reply (`tokenwire.pacing`) are coalesced into one frame:
+fewer frames, less CPU per token. The first chunk, and any chunk after a beat
+passed with nothing sent, goes at once, so coalescing never delays the first
+token.
 
 A client that stops reading must not grow the server's memory: when the
 socket's send queue (`Sink.backlog`) holds frames, new text is coalesced into
@@ -23,6 +24,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+from tokenwire.pacing import next_beat
 
 __all__ = ["ChunkWriter", "Emit", "Sink", "utf16_len"]
 
@@ -109,7 +112,10 @@ class ChunkWriter:
         # text that was held back while the client lagged.
         self._pending.append(text)
         if self._timer is None and self._flusher is None:
-            due = self._last_send + (self._flush_s or _CONGESTED_FLUSH_S)
+            # Frames fall on the shared beat (tokenwire.pacing): the next
+            # multiple of the interval after the last send, not the interval
+            # counted from it, so every reply's frames go out together.
+            due = next_beat(self._last_send, self._flush_s or _CONGESTED_FLUSH_S)
             if self._loop.time() >= due - _DUE_SLACK_S:
                 await self._send_pending()
             else:

@@ -29,6 +29,7 @@ import aiohttp
 import orjson
 
 from tokenwire.errors import UpstreamError, UpstreamRateLimited
+from tokenwire.pacing import Beat
 from tokenwire.providers.base import ChatRequest, StreamEnd, Usage
 from tokenwire.providers.sse import SSEDecoder
 
@@ -60,7 +61,8 @@ class OpenAIProvider:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._retries = retries
         self._backoff_s = backoff_s
-        self._pace_s = pace_s
+        # Reads after the first wait for the shared beat (tokenwire.pacing).
+        self._beat = Beat(pace_s) if pace_s > 0 else None
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[str | StreamEnd, None]:
         body = orjson.dumps(
@@ -86,7 +88,7 @@ class OpenAIProvider:
                     # From here on the reply belongs to the client: no retry.
                     # Leaving this block early (stop, timeout) closes the
                     # connection, so the upstream stops generating.
-                    async for item in _read_completion(response, request.model, self._pace_s):
+                    async for item in _read_completion(response, request.model, self._beat):
                         yield item
                     return
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -113,15 +115,16 @@ class OpenAIProvider:
 
 
 async def _read_completion(
-    response: aiohttp.ClientResponse, model: str, pace_s: float
+    response: aiohttp.ClientResponse, model: str, beat: Beat | None
 ) -> AsyncGenerator[str | StreamEnd, None]:
     """Deltas of one completion: all that one read brought, joined; then one `StreamEnd`.
 
-    With `pace_s` > 0 (STREAM_FLUSH_MS), the first read returns as soon as a
-    byte arrives; after each read the reader waits `pace_s` before the next,
-    letting tokens collect in the socket buffer. A reply then costs one wake-up
-    per frame sent instead of one per token, and no token waits longer than
-    the writer's coalescing would make it wait anyway.
+    With a `beat` (STREAM_FLUSH_MS > 0), the first read returns as soon as a
+    byte arrives; after each read the reader waits for the next beat, shared
+    by every reply (`tokenwire.pacing`), letting tokens collect in the socket
+    buffer. A reply then costs one wake-up per frame sent instead of one per
+    token, all replies' frames go out together, and no token waits longer
+    than the writer's coalescing would make it wait anyway.
     """
     finish_reason: str | None = None
     usage: Usage | None = None
@@ -168,8 +171,8 @@ async def _read_completion(
                 raise failure
             if not chunk:
                 break
-            if pace_s > 0:
-                await asyncio.sleep(pace_s)
+            if beat is not None:
+                await beat.wait()
     except (aiohttp.ClientError, TimeoutError) as exc:
         # A connection dropped mid-reply (ClientPayloadError, ServerDisconnectedError, ...).
         raise UpstreamError(retryable=not seen_data) from exc
