@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from tests.conftest import Client, GatewayFactory
 from tokenwire.chat.writer import ChunkWriter, Sink
-from tokenwire.pacing import Beat, next_beat
+from tokenwire.pacing import LEAD_S, Beat, next_beat
+from tokenwire.testing import Script
 
 # Timers on a loaded CI machine fire late, never much early (uvloop keeps ms).
 LATE_S = 0.03
@@ -92,3 +95,74 @@ async def test_frames_after_the_first_fall_on_the_beat() -> None:
     contents = [p["content"] for _, p in sent]
     assert offsets == [sum(len(c) for c in contents[:i]) for i in range(len(contents))]
     assert "".join(contents) == "".join(f"t{i} " for i in range(100))
+
+
+class _Transport:
+    """Records pause_reading / resume_reading with the loop time of each."""
+
+    def __init__(self, closing: bool = False) -> None:
+        self.calls: list[tuple[str, float]] = []
+        self.closing = closing
+
+    def pause_reading(self) -> None:
+        self.calls.append(("pause", asyncio.get_running_loop().time()))
+
+    def resume_reading(self) -> None:
+        self.calls.append(("resume", asyncio.get_running_loop().time()))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+async def test_a_held_transport_rests_until_just_before_the_beat() -> None:
+    beat = Beat(0.1)
+    loop = asyncio.get_running_loop()
+    await beat.wait()  # just after a beat: the next is ~0.1 s away
+    transport = _Transport()
+    await beat.wait(hold=transport)  # type: ignore[arg-type]
+    woke = loop.time()
+    assert [name for name, _ in transport.calls] == ["pause", "resume"]
+    resumed = transport.calls[1][1]
+    assert resumed < woke  # resumed first: what collected is read before the beat
+    assert woke - resumed >= LEAD_S - EARLY_S, (woke, resumed)
+    assert on_beat(woke, 0.1)
+
+
+async def test_a_transport_let_go_early_or_closing_is_not_left_paused() -> None:
+    beat = Beat(0.1)
+    await beat.wait()
+    held, closing = _Transport(), _Transport(closing=True)
+    waiting = asyncio.create_task(beat.wait(hold=held))  # type: ignore[arg-type]
+    other = asyncio.create_task(beat.wait(hold=closing))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    assert [name for name, _ in held.calls] == ["pause"]
+    assert closing.calls == []  # a closing transport is never paused
+    waiting.cancel()
+    beat.let_go(held)  # the reader left (stopped, failed): reading resumes at once
+    assert [name for name, _ in held.calls] == ["pause", "resume"]
+    await other
+    assert [name for name, _ in held.calls] == ["pause", "resume"]  # not resumed twice
+
+
+async def test_paced_replies_reuse_the_upstream_connection_and_survive_a_stop(
+    gateway_factory: GatewayFactory, client_factory: Callable[[], Client]
+) -> None:
+    """A connection goes back to the pool reading: the next reply on it streams, stopped or not."""
+    async with gateway_factory(stream_flush_ms=50) as gw:
+        client = client_factory()
+        await client.connect(gw.url, gw.token())
+        for n in range(3):
+            gw.upstream.enqueue(Script(count=40, delay_s=0.005))
+            await client.emit("chat:start", {"message": f"paced {n}"})
+            end = (await client.wait_for("chat:end"))[1]
+            assert end["content"] == "".join(f"token{i} " for i in range(40))
+        gw.upstream.enqueue(Script(count=400, delay_s=0.005))
+        await client.emit("chat:start", {"message": "stop me"})
+        await client.wait_for("chat:message")
+        await asyncio.sleep(0.12)  # a beat or two: the reader is paused between them
+        await client.call("chat:stop")
+        await client.wait_for("chat:stopped")
+        gw.upstream.enqueue(Script(count=40, delay_s=0.005))
+        await client.emit("chat:start", {"message": "after the stop"})
+        end = (await client.wait_for("chat:end"))[1]
+        assert end["content"] == "".join(f"token{i} " for i in range(40))

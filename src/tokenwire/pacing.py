@@ -20,7 +20,11 @@ from __future__ import annotations
 import asyncio
 import math
 
-__all__ = ["Beat", "next_beat"]
+__all__ = ["LEAD_S", "Beat", "next_beat"]
+
+# How long before a beat held transports resume reading: what has collected
+# in the kernel is read in the loop turn right after, before the beat fires.
+LEAD_S = 0.004
 
 
 def next_beat(after: float, interval: float) -> float:
@@ -31,9 +35,19 @@ def next_beat(after: float, interval: float) -> float:
 
 
 class Beat:
-    """Wait for the next beat: one loop timer per beat for every waiter, not one each."""
+    """Wait for the next beat: one loop timer per beat for every waiter, not one each.
 
-    __slots__ = ("_handle", "_waiters", "interval")
+    A waiter may also hand over the transport it reads from (`wait(hold=...)`):
+    the transport stops reading until `LEAD_S` before the beat, and then all
+    held transports resume together. Tokens that arrive in between wait in
+    the kernel's socket buffer and are read in one go, where each would
+    otherwise cost its own wake-up, `recv` and trip through the HTTP client
+    (bench: the upstream reader alone, 200 streams of 100 tok/s, 22.6 ->
+    16.5 us of CPU per token). They are read before the beat, so nothing
+    reaches the client later than it would have.
+    """
+
+    __slots__ = ("_handle", "_held", "_released", "_waiters", "interval")
 
     def __init__(self, interval: float) -> None:
         if interval <= 0:
@@ -41,15 +55,39 @@ class Beat:
         self.interval = interval
         self._waiters: list[asyncio.Future[None]] = []
         self._handle: asyncio.TimerHandle | None = None
+        self._held: list[asyncio.ReadTransport] = []
+        self._released = True  # the held transports of the coming beat have resumed
 
-    async def wait(self) -> None:
+    async def wait(self, hold: asyncio.ReadTransport | None = None) -> None:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
         if self._handle is None:
-            self._handle = loop.call_at(next_beat(loop.time(), self.interval), self._fire)
+            due = next_beat(loop.time(), self.interval)
+            self._handle = loop.call_at(due, self._fire)
+            # Too close to the beat to be worth pausing: nothing is held.
+            self._released = loop.time() >= due - LEAD_S
+            if not self._released:
+                loop.call_at(due - LEAD_S, self._release)
+        if hold is not None and not self._released and not hold.is_closing():
+            hold.pause_reading()
+            self._held.append(hold)
         # A cancelled wait cancels only its own future; `_fire` skips it.
         await waiter
+
+    def let_go(self, transport: asyncio.ReadTransport) -> None:
+        """Resume `transport` now if it is held (its reader is leaving early)."""
+        if transport in self._held:
+            self._held.remove(transport)
+            if not transport.is_closing():
+                transport.resume_reading()
+
+    def _release(self) -> None:
+        self._released = True
+        held, self._held = self._held, []
+        for transport in held:
+            if not transport.is_closing():
+                transport.resume_reading()
 
     def _fire(self) -> None:
         self._handle = None

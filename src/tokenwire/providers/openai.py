@@ -131,6 +131,11 @@ async def _read_completion(
     seen_data = False
     decoder = SSEDecoder()
     content_stream = response.content
+    # Between beats the socket is left unread (`Beat.wait(hold=...)`); only
+    # the transport is paused, so aiohttp's parser and its own flow control
+    # are untouched.
+    connection = response.connection
+    transport = connection.transport if beat is not None and connection is not None else None
     try:
         while True:
             chunk = await content_stream.readany()
@@ -172,10 +177,13 @@ async def _read_completion(
             if not chunk:
                 break
             if beat is not None:
-                await beat.wait()
+                await beat.wait(hold=transport)
     except (aiohttp.ClientError, TimeoutError) as exc:
         # A connection dropped mid-reply (ClientPayloadError, ServerDisconnectedError, ...).
         raise UpstreamError(retryable=not seen_data) from exc
+    finally:
+        if transport is not None and beat is not None:
+            beat.let_go(transport)  # never hand a paused connection back to the pool
     if finish_reason is None:
         # The body ended without [DONE] or a finish_reason: it was cut off.
         raise UpstreamError(retryable=not seen_data)
