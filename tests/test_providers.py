@@ -31,6 +31,9 @@ async def test_sse_events_split_across_reads_and_line_endings() -> None:
     assert await _collect(b'data: {"a"', b":1}\n", b"\ndata: [DONE]\n\n") == [b'{"a":1}', b"[DONE]"]
     assert await _collect(b"data: one\r\n\r\ndata: two\r", b"\n\r\n") == [b"one", b"two"]
     assert await _collect(b"data: cr\r\rdata: lf\n\n") == [b"cr", b"lf"]
+    # The blank line that ends an event split across reads, and extra blank lines.
+    assert await _collect(b"data: a\n", b"\ndata: b\n\n\n\ndata: c\n\n") == [b"a", b"b", b"c"]
+    assert await _collect(b": ping\n\n", b"data: x\r", b"\n\r\n: ping\r\n\r\n") == [b"x"]
 
 
 async def test_sse_comments_other_fields_and_multiline_data() -> None:

@@ -22,11 +22,19 @@ def _field_value(line: bytes) -> bytes:
 
 
 class SSEDecoder:
-    __slots__ = ("_buffer", "_data")
+    """Incremental: `feed` each network read, `close` at the end of the stream.
+
+    An event is kept whole in the buffer until the blank line that ends it
+    arrives, then decoded in one piece. The common shape (one `data:` line
+    per event, LF line ends, as every OpenAI-compatible server sends) costs
+    a `split` and a slice per event; anything else (CR or CRLF line ends,
+    comments, other fields, multi-line data) takes the general path.
+    """
+
+    __slots__ = ("_buffer",)
 
     def __init__(self) -> None:
         self._buffer = b""
-        self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The data of every event that `chunk` completes."""
@@ -36,31 +44,30 @@ class SSEDecoder:
             # be the first byte of the next chunk.
             head, tail = (buffer[:-1], buffer[-1:]) if buffer.endswith(b"\r") else (buffer, b"")
             buffer = head.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
+        *blocks, self._buffer = buffer.split(b"\n\n")
         events: list[bytes] = []
-        data = self._data
-        start = 0
-        while (end := buffer.find(b"\n", start)) != -1:
-            line = buffer[start:end]
-            start = end + 1
-            if not line:
-                if data:
-                    events.append(data[0] if len(data) == 1 else b"\n".join(data))
-                    data.clear()
-            elif line.startswith(b"data:"):
-                data.append(_field_value(line))
-        self._buffer = buffer[start:]
+        for block in blocks:
+            if block.startswith(b"data: ") and b"\n" not in block:
+                events.append(block[6:])
+            elif block:
+                data = _block_data(block)
+                if data is not None:
+                    events.append(data)
         return events
 
     def close(self) -> list[bytes]:
         """What an unterminated last event held, when the stream ends."""
-        if self._buffer.startswith(b"data:"):
-            self._data.append(_field_value(self._buffer))
-        self._buffer = b""
-        if not self._data:
-            return []
-        event = b"\n".join(self._data)
-        self._data.clear()
-        return [event]
+        block, self._buffer = self._buffer.rstrip(b"\r\n"), b""
+        data = _block_data(block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")) if block else None
+        return [] if data is None else [data]
+
+
+def _block_data(block: bytes) -> bytes | None:
+    """The data of one event (its lines, without the blank line), or None if it has none."""
+    data = [_field_value(line) for line in block.split(b"\n") if line.startswith(b"data:")]
+    if not data:
+        return None
+    return data[0] if len(data) == 1 else b"\n".join(data)
 
 
 async def iter_sse_data(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
