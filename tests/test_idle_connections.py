@@ -269,15 +269,21 @@ async def test_a_reply_reaches_a_client_whose_writer_had_stopped(
 # --- sending without the writer task
 
 
+async def quiet_socket(gateway: Gateway, client: Client) -> Any:
+    """`client` connected as alice; its Engine.IO socket, once the writer has stopped."""
+    await client.connect(gateway.url, gateway.token("alice"))
+    await eventually(lambda: all(s._writer is None for s in engine_sockets(gateway)))
+    (socket_,) = engine_sockets(gateway)
+    return socket_
+
+
 async def test_a_reply_on_an_open_websocket_is_written_without_a_writer_task(
     production_gateway: GatewayFactory, client_factory: Callable[[], Client]
 ) -> None:
     """With nothing queued, `LeanSocket.send` writes each frame itself: no writer wakes per frame."""
     async with production_gateway(ping_interval=30, ping_timeout=20) as gateway:
         client = client_factory()
-        await client.connect(gateway.url, gateway.token("alice"))
-        await eventually(lambda: all(s._writer is None for s in engine_sockets(gateway)))
-        (socket,) = engine_sockets(gateway)
+        socket = await quiet_socket(gateway, client)
         before = socket._sent_at
         gateway.upstream.enqueue(Script(count=50, delay_s=0.002))
         assert (await client.call("chat:start", {"message": "hi"}))["ok"] is True
@@ -313,9 +319,7 @@ async def test_a_direct_write_never_overtakes_a_queued_or_held_packet(
     """`send` writes directly only when no packet is queued and the writer holds none."""
     async with production_gateway(ping_interval=30, ping_timeout=20) as gateway:
         client = client_factory()
-        await client.connect(gateway.url, gateway.token("alice"))
-        await eventually(lambda: all(s._writer is None for s in engine_sockets(gateway)))
-        (socket_,) = engine_sockets(gateway)
+        socket_ = await quiet_socket(gateway, client)
         real, fake = socket_._ws, _RecordingWebSocket()
         socket_._ws = fake
         try:

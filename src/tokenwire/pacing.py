@@ -79,15 +79,13 @@ class Beat:
         """Resume `transport` now if it is held (its reader is leaving early)."""
         if transport in self._held:
             self._held.remove(transport)
-            if not transport.is_closing():
-                transport.resume_reading()
+            _resume(transport)
 
     def _release(self) -> None:
         self._released = True
         held, self._held = self._held, []
         for transport in held:
-            if not transport.is_closing():
-                transport.resume_reading()
+            _resume(transport)
 
     def _fire(self) -> None:
         self._handle = None
@@ -95,3 +93,8 @@ class Beat:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _resume(transport: asyncio.ReadTransport) -> None:
+    if not transport.is_closing():  # a closed one has nothing left to read
+        transport.resume_reading()
