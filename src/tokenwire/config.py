@@ -177,10 +177,6 @@ class Settings(BaseSettings):
     def is_production(self) -> bool:
         return self.env is Environment.PRODUCTION
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
     def model_allowed(self, model: str) -> bool:
         return "*" in self.allowed_models or model in self.allowed_models
 

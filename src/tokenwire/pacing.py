@@ -7,7 +7,7 @@ frames and the sends of all replies due in one interval run back to back in
 one turn of the event loop, and the process on the other end of many
 sockets (a load balancer, a proxy, a benchmark's client process) is woken
 once per beat instead of once per reply. On the 2-core VM bench/ runs on,
-aligning the beats cut the gateway's CPU per token by ~11% at B2 (see
+aligning the beats cut the gateway's CPU per token by ~16% at B2 (see
 docs/benchmarks.md).
 
 The beat is the loop clock's multiples of the interval (`next_beat`). A

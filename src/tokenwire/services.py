@@ -80,7 +80,7 @@ class Services:
         housekeeping: asyncio.Task[None] | None = None
         chat: ChatService | None = None
         try:
-            if settings.is_sqlite:
+            if database.is_sqlite:
                 await migrations.upgrade(database)
             elif not await migrations.is_current(database):
                 raise RuntimeError("the database schema is not current; run `tokenwire migrate`")
