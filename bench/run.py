@@ -62,7 +62,13 @@ def _settings(args: argparse.Namespace, logs: Path) -> Settings:
         "upstream": args.upstream,
         "profile": Path(args.profile).resolve() if args.profile else None,
     }
+    if args.b3_levels:
+        # Exactly these levels, in order, with no bisection and no time budget.
+        levels = tuple(int(level) for level in args.b3_levels.split(","))
+        common |= {"b3_levels": levels, "b3_bisect": 0, "b3_budget_s": 3600.0}
     if args.full:
+        b3 = {"b3_levels": (25, 50, 100, 200, 400, 800, 1600, 3200), "b3_bisect": 3}
+        b3 |= {"b3_budget_s": 420.0} | common  # --b3-levels wins
         return Settings(
             mode="full",
             b1_samples=300,
@@ -70,15 +76,12 @@ def _settings(args: argparse.Namespace, logs: Path) -> Settings:
             b2_window_s=args.window or 20,
             b2_flush_extra=(20,),
             b5_pairs=2,
-            b3_levels=(25, 50, 100, 200, 400, 800, 1600, 3200),
-            b3_bisect=3,
             b3_warmup_s=4,
             b3_window_s=10,
-            b3_budget_s=420,
             b4_clients=10_000,
             b4_hold_s=30,
             b4_ping_s=10,  # every connection answers 3 heartbeats in the hold
-            **common,
+            **b3,
         )
     return Settings(mode="quick", b2_window_s=args.window or 4.0, **common)
 
@@ -396,12 +399,17 @@ def main(argv: list[str] | None = None) -> int:
         "--upstream", choices=("lean", "repo"), default="lean", help="the upstream double"
     )
     parser.add_argument(
-        "--profile", metavar="DIR", help="py-spy the gateway in each B2 window; raw stacks to DIR"
+        "--profile", metavar="DIR", help="py-spy the gateway in each B2 and B3 window; raw stacks to DIR"
     )
     parser.add_argument(
         "--window",
         type=float,
         help="B2/B5 measurement window in seconds (quick 4, full 20): longer for steadier A/B runs",
+    )
+    parser.add_argument(
+        "--b3-levels",
+        metavar="N,N,...",
+        help="run B3 at exactly these client counts (no search), e.g. 800,1000",
     )
     parser.add_argument("--no-write", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--keep-logs", action="store_true", help="keep the process logs")

@@ -239,8 +239,16 @@ class Bench:
         return proc, url
 
     async def loadgen(
-        self, url: str, clients: int, *, expect_chars: int = 0, per_proc: int = 300
+        self,
+        url: str,
+        clients: int,
+        *,
+        expect_chars: int = 0,
+        per_proc: int = 300,
+        spread_s: float = 1.0,
     ) -> LoadGroup:
+        """Load generator processes for `clients` connections; `run` starts each
+        one's first reply at a random moment within `spread_s`."""
         count = max(1, min(4, math.ceil(clients / per_proc)))
         self._groups += 1
         procs = []
@@ -253,6 +261,7 @@ class Bench:
                 "users": self._users,
                 "expectChars": expect_chars,
                 "connectConcurrency": 50,
+                "staggerMs": spread_s * 1000,
             }
             path = self.s.logs / f"loadgen-{self._groups}-{i}.json"
             path.write_bytes(orjson.dumps(config))
@@ -291,11 +300,21 @@ class Bench:
             server, url = await self.nest(up_url)
         else:
             server, url = await self.tokenwire(up_url, flush_ms or 0)
-        group = await self.loadgen(url, clients, expect_chars=reply_tokens * TOKEN_CHARS)
+        # Each client's first reply starts at a random moment within one
+        # reply's length, so turns then arrive at a steady rate (clients /
+        # reply length per second), as independent users' do. Every reply
+        # lasts the same, so a shorter spread would repeat forever: with the
+        # old 1 s spread, B3 at 1,000 clients started 1,000 turns in the same
+        # second every 6 s, and measured that wave rather than the load held.
+        # The warm-up covers the spread: all clients stream in the window.
+        spread_s = reply_tokens / rate
+        group = await self.loadgen(
+            url, clients, expect_chars=reply_tokens * TOKEN_CHARS, spread_s=spread_s
+        )
         try:
             _, failed, _ = await self._connect(group, 120)
             await group.all("run", "running", 10)
-            await asyncio.sleep(warmup_s)
+            await asyncio.sleep(max(warmup_s, spread_s + 1))
             await group.all("reset", "reset", 10)
             cpu0 = (server.cpu(), upstream.cpu(), group.cpu())
             started = time.monotonic()
@@ -348,7 +367,7 @@ class Bench:
         event loop's epoll wait and the idle aiosqlite worker show up as
         "busy" (about half the samples of a 70%-loaded gateway).
         """
-        if self.s.profile is None or not label.startswith("B2"):
+        if self.s.profile is None or not label.startswith(("B2", "B3")):
             return None
         name = label.replace(" ", "-").replace("#", "")
         self.s.profile.mkdir(parents=True, exist_ok=True)
@@ -492,10 +511,13 @@ class Bench:
         try:
             figures["1 stream"] = _ttft(await self.probe(url, up_url, s.b1_samples))
             if loaded_clients:
-                group = await self.loadgen(url, loaded_clients, expect_chars=tokens * TOKEN_CHARS)
+                spread_s = tokens / s.b3_rate
+                group = await self.loadgen(
+                    url, loaded_clients, expect_chars=tokens * TOKEN_CHARS, spread_s=spread_s
+                )
                 await self._connect(group, 120)
                 await group.all("run", "running", 10)
-                await asyncio.sleep(s.b3_warmup_s)
+                await asyncio.sleep(max(s.b3_warmup_s, spread_s + 1))
                 cpu0, t0 = server.cpu(), time.monotonic()
                 figures[f"{loaded_clients} streams"] = _ttft(
                     await self.probe(url, up_url, s.b1_samples)
