@@ -65,6 +65,62 @@ class OpenAIProvider:
         self._beat = Beat(pace_s) if pace_s > 0 else None
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[str | StreamEnd, None]:
+        """Deltas of one completion: all that one read brought, joined; then one `StreamEnd`.
+
+        With a beat (STREAM_FLUSH_MS > 0), the first read returns as soon as a
+        byte arrives; after each read the reader waits for the next beat, shared
+        by every reply (`tokenwire.pacing`), letting tokens collect in the socket
+        buffer. A reply then costs one wake-up per frame sent instead of one per
+        token, all replies' frames go out together, and no token waits longer
+        than the writer's coalescing would make it wait anyway.
+
+        The read loop is written out here rather than in a generator of its
+        own that this one would relay: each delta then passes through one
+        generator instead of two (bench: the reader alone, 1,000 streams of
+        50 tok/s, ~5% less CPU).
+        """
+        response = await self._open(request)
+        # From here on the reply belongs to the client: no retry. Leaving this
+        # block early (stop, timeout) closes the connection, so the upstream
+        # stops generating.
+        async with response:
+            model = request.model
+            state = _Completion()
+            decoder = SSEDecoder()
+            content_stream = response.content
+            beat = self._beat
+            # Between beats the socket is left unread (`Beat.wait(hold=...)`);
+            # only the transport is paused, so aiohttp's parser and its own
+            # flow control are untouched.
+            connection = response.connection
+            transport = (
+                connection.transport if beat is not None and connection is not None else None
+            )
+            try:
+                while True:
+                    chunk = await content_stream.readany()
+                    texts = state.take(decoder.feed(chunk) if chunk else decoder.close())
+                    if texts:
+                        yield texts[0] if len(texts) == 1 else "".join(texts)
+                    if state.failure is not None:
+                        raise state.failure
+                    if state.done or not chunk:
+                        break
+                    if beat is not None:
+                        await beat.wait(hold=transport)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # A connection dropped mid-reply (ClientPayloadError, ServerDisconnectedError, ...).
+                raise UpstreamError(retryable=not state.seen_data) from exc
+            finally:
+                if transport is not None and beat is not None:
+                    beat.let_go(transport)  # never hand a paused connection back to the pool
+        if state.finish_reason is None:
+            # The body ended without [DONE] or a finish_reason: it was cut off.
+            raise UpstreamError(retryable=not state.seen_data)
+        yield StreamEnd(state.finish_reason, state.usage, state.model or model)
+
+    async def _open(self, request: ChatRequest) -> aiohttp.ClientResponse:
+        """The response to the completion request, status 200; retried until then."""
         body = orjson.dumps(
             {
                 "model": request.model,
@@ -78,19 +134,11 @@ class OpenAIProvider:
         attempt = 0
         while True:
             try:
-                async with self._client.post(
-                    self._url, data=body, headers=self._headers
-                ) as response:
-                    if response.status != 200:
-                        raise _status_error(
-                            response.status, response.headers, await response.read()
-                        )
-                    # From here on the reply belongs to the client: no retry.
-                    # Leaving this block early (stop, timeout) closes the
-                    # connection, so the upstream stops generating.
-                    async for item in _read_completion(response, request.model, self._beat):
-                        yield item
-                    return
+                response = await self._client.post(self._url, data=body, headers=self._headers)
+                if response.status == 200:
+                    return response
+                async with response:
+                    raise _status_error(response.status, response.headers, await response.read())
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # Raised while connecting or waiting for the status line:
                 # nothing was streamed yet, so the attempt can be retried.
@@ -114,80 +162,54 @@ class OpenAIProvider:
         return self._backoff_s * float(2**attempt) * (0.5 + random.random() / 2)
 
 
-async def _read_completion(
-    response: aiohttp.ClientResponse, model: str, beat: Beat | None
-) -> AsyncGenerator[str | StreamEnd, None]:
-    """Deltas of one completion: all that one read brought, joined; then one `StreamEnd`.
+class _Completion:
+    """What the events of one completion said so far."""
 
-    With a `beat` (STREAM_FLUSH_MS > 0), the first read returns as soon as a
-    byte arrives; after each read the reader waits for the next beat, shared
-    by every reply (`tokenwire.pacing`), letting tokens collect in the socket
-    buffer. A reply then costs one wake-up per frame sent instead of one per
-    token, all replies' frames go out together, and no token waits longer
-    than the writer's coalescing would make it wait anyway.
-    """
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    seen_data = False
-    decoder = SSEDecoder()
-    content_stream = response.content
-    # Between beats the socket is left unread (`Beat.wait(hold=...)`); only
-    # the transport is paused, so aiohttp's parser and its own flow control
-    # are untouched.
-    connection = response.connection
-    transport = connection.transport if beat is not None and connection is not None else None
-    try:
-        while True:
-            chunk = await content_stream.readany()
-            events = decoder.feed(chunk) if chunk else decoder.close()
-            texts: list[str] = []
-            failure: UpstreamError | None = None
-            for data in events:
-                if data == b"[DONE]":
-                    if texts:
-                        yield "".join(texts)
-                    yield StreamEnd(finish_reason or "stop", usage, model)
-                    return
-                try:
-                    parsed: Any = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    parsed = None
-                if not isinstance(parsed, dict) or "error" in parsed:
-                    # Text that came before the failure still reaches the
-                    # client and is saved with the error.
-                    log.error("upstream sent an error or garbage mid-stream: %.300r", data)
-                    failure = UpstreamError(retryable=not seen_data and not texts)
-                    break
-                seen_data = True
-                model = parsed.get("model") or model
-                for choice in parsed.get("choices") or ():
-                    delta = choice.get("delta")
-                    if delta:
-                        text = delta.get("content")
-                        if text:
-                            texts.append(text)
-                    if choice.get("finish_reason"):
-                        finish_reason = choice["finish_reason"]
-                if parsed.get("usage"):
-                    usage = _usage(parsed["usage"])
-            if texts:
-                yield texts[0] if len(texts) == 1 else "".join(texts)
-            if failure is not None:
-                raise failure
-            if not chunk:
+    __slots__ = ("done", "failure", "finish_reason", "model", "seen_data", "usage")
+
+    def __init__(self) -> None:
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self.model: str | None = None
+        self.seen_data = False
+        self.done = False  # [DONE] arrived
+        self.failure: UpstreamError | None = None
+
+    def take(self, events: list[bytes]) -> list[str]:
+        """The text deltas of `events` (the data of one read's SSE events), in order.
+
+        Stops at `[DONE]` (`done`) or at an error or garbage event
+        (`failure`); text that came before the failure is still returned,
+        so it reaches the client and is saved with the error.
+        """
+        texts: list[str] = []
+        for data in events:
+            if data == b"[DONE]":
+                self.done = True
+                if self.finish_reason is None:
+                    self.finish_reason = "stop"
                 break
-            if beat is not None:
-                await beat.wait(hold=transport)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        # A connection dropped mid-reply (ClientPayloadError, ServerDisconnectedError, ...).
-        raise UpstreamError(retryable=not seen_data) from exc
-    finally:
-        if transport is not None and beat is not None:
-            beat.let_go(transport)  # never hand a paused connection back to the pool
-    if finish_reason is None:
-        # The body ended without [DONE] or a finish_reason: it was cut off.
-        raise UpstreamError(retryable=not seen_data)
-    yield StreamEnd(finish_reason, usage, model)
+            try:
+                parsed: Any = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                parsed = None
+            if not isinstance(parsed, dict) or "error" in parsed:
+                log.error("upstream sent an error or garbage mid-stream: %.300r", data)
+                self.failure = UpstreamError(retryable=not self.seen_data and not texts)
+                break
+            self.seen_data = True
+            self.model = parsed.get("model") or self.model
+            for choice in parsed.get("choices") or ():
+                delta = choice.get("delta")
+                if delta:
+                    text = delta.get("content")
+                    if text:
+                        texts.append(text)
+                if choice.get("finish_reason"):
+                    self.finish_reason = choice["finish_reason"]
+            if parsed.get("usage"):
+                self.usage = _usage(parsed["usage"])
+        return texts
 
 
 def _usage(raw: Any) -> Usage | None:
