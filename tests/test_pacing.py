@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import uvloop
 
 from tests.conftest import Client, GatewayFactory
 from tokenwire.chat.writer import ChunkWriter, Sink
@@ -166,3 +168,54 @@ async def test_paced_replies_reuse_the_upstream_connection_and_survive_a_stop(
         await client.emit("chat:start", {"message": "after the stop"})
         end = (await client.wait_for("chat:end"))[1]
         assert end["content"] == "".join(f"token{i} " for i in range(40))
+
+
+class _Reader(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+
+async def _late_beat_reads_before_it_wakes() -> None:
+    loop = asyncio.get_running_loop()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, reader = await loop.create_connection(_Reader, "127.0.0.1", port)
+    try:
+        beat = Beat(0.05)
+        await beat.wait()  # just after a beat: the next is ~50 ms away
+        waiting = asyncio.create_task(beat.wait(hold=transport))  # type: ignore[arg-type]
+        await asyncio.sleep(0.005)  # the reader is waiting; its transport is paused
+        while not writers:
+            await asyncio.sleep(0.001)
+        writers[0].write(b"tokens")  # they wait in the kernel, unread
+        await asyncio.sleep(0.005)
+        assert reader.data == b""
+        # The loop runs late (a long burst of work): when it gets back, both
+        # the release (LEAD_S before the beat) and the beat itself are due.
+        time.sleep(0.06)
+        await waiting
+        assert reader.data == b"tokens"  # read before the reader woke, not after
+    finally:
+        transport.close()
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"]
+)
+def test_a_late_beat_reads_held_transports_before_waking_their_readers(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_late_beat_reads_before_it_wakes())
