@@ -34,7 +34,12 @@ def next_beat(after: float, interval: float) -> float:
     """The first multiple of `interval` later than loop time `after` (-inf: never, so none)."""
     if after == -math.inf:
         return after
-    return (after // interval + 1) * interval
+    beat = (after // interval + 1) * interval
+    # In floating point, an instant on a beat (uvloop's clock is in whole
+    # ms, so it lands on beats often) can divide to one short and give back
+    # the instant itself, give or take rounding: a beat due at once. The
+    # next beat is always at least a millionth of an interval away.
+    return beat if beat - after > interval * 1e-6 else beat + interval
 
 
 class Beat:
