@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sqlite3
@@ -14,9 +15,11 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import SECRET, Client
+from tests.conftest import SECRET, Client, make_settings
+from tokenwire.app import create_app
 from tokenwire.auth import Authenticator
 from tokenwire.config import load_settings
+from tokenwire.server import GC_THRESHOLDS, GracefulServer, uvicorn_config
 from tokenwire.testing import Script, UpstreamDouble, free_port
 
 
@@ -149,3 +152,25 @@ async def test_sigkill_loses_at_most_one_checkpoint_and_restart_marks_interrupte
                 break
             await asyncio.sleep(0.05)
     assert (status, recovered) == ("interrupted", content)
+
+
+async def test_serving_freezes_start_up_and_raises_the_collector_thresholds(
+    sqlite_url: str,
+) -> None:
+    # In-process, to read the collector's state: the GracefulServer that
+    # `tokenwire serve` runs, started and stopped on a free port.
+    settings = make_settings(database_url=sqlite_url, port=free_port(), host="127.0.0.1")
+    app = create_app(settings)
+    server = GracefulServer(uvicorn_config(app, settings, lifespan="off"), app)
+    server.config.load()
+    server.lifespan = server.config.lifespan_class(server.config)  # what `serve` sets up
+    before = gc.get_threshold()
+    try:
+        await server.startup()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert GC_THRESHOLDS[0] > before[0] and GC_THRESHOLDS[2] > before[2]
+        assert gc.get_freeze_count() > 10_000  # start-up's objects: never walked again
+        await server.shutdown()
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
