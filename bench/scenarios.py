@@ -146,8 +146,18 @@ def percentile(values: list[float], q: float) -> float:
 class LoadGroup:
     """Load-generator processes sharing a set of clients; commands go to all of them."""
 
-    def __init__(self, procs: list[Proc]) -> None:
+    def __init__(self, procs: list[Proc], spread_s: float = 1.0) -> None:
         self.procs = procs
+        self.spread_s = spread_s  # `run` starts each client's first reply within this
+
+    async def run(self, warmup_s: float) -> None:
+        """Start every client's reply loop; return once all of them stream.
+
+        The warm-up covers the spread of first replies, so every client
+        streams in the measurement window that follows.
+        """
+        await self.all("run", "running", 10)
+        await asyncio.sleep(max(warmup_s, self.spread_s + 1))
 
     async def all(self, word: str, expect: str, within_s: float) -> list[dict[str, object]]:
         return list(await asyncio.gather(*(p.command(word, expect, within_s) for p in self.procs)))
@@ -272,7 +282,21 @@ class Bench:
                 pipe=True,
             )
             procs.append(proc)
-        return LoadGroup(procs)
+        return LoadGroup(procs, spread_s)
+
+    async def reply_load(self, url: str, clients: int, *, rate: float, tokens: int) -> LoadGroup:
+        """Clients looping replies of `tokens` at `rate`, their first replies spread over one.
+
+        Each client's first reply starts at a random moment within one
+        reply's length, so turns then arrive at a steady rate (clients /
+        reply length per second), as independent users' do. Every reply
+        lasts the same, so a shorter spread would repeat forever: with the
+        old 1 s spread, B3 at 1,000 clients started 1,000 turns in the same
+        second every 6 s, and measured that wave rather than the load held.
+        """
+        return await self.loadgen(
+            url, clients, expect_chars=tokens * TOKEN_CHARS, spread_s=tokens / rate
+        )
 
     async def _connect(self, group: LoadGroup, within_s: float) -> tuple[int, int, float]:
         replies = await group.all("connect", "connected", within_s)
@@ -300,21 +324,10 @@ class Bench:
             server, url = await self.nest(up_url)
         else:
             server, url = await self.tokenwire(up_url, flush_ms or 0)
-        # Each client's first reply starts at a random moment within one
-        # reply's length, so turns then arrive at a steady rate (clients /
-        # reply length per second), as independent users' do. Every reply
-        # lasts the same, so a shorter spread would repeat forever: with the
-        # old 1 s spread, B3 at 1,000 clients started 1,000 turns in the same
-        # second every 6 s, and measured that wave rather than the load held.
-        # The warm-up covers the spread: all clients stream in the window.
-        spread_s = reply_tokens / rate
-        group = await self.loadgen(
-            url, clients, expect_chars=reply_tokens * TOKEN_CHARS, spread_s=spread_s
-        )
+        group = await self.reply_load(url, clients, rate=rate, tokens=reply_tokens)
         try:
             _, failed, _ = await self._connect(group, 120)
-            await group.all("run", "running", 10)
-            await asyncio.sleep(max(warmup_s, spread_s + 1))
+            await group.run(warmup_s)
             await group.all("reset", "reset", 10)
             cpu0 = (server.cpu(), upstream.cpu(), group.cpu())
             started = time.monotonic()
@@ -511,13 +524,9 @@ class Bench:
         try:
             figures["1 stream"] = _ttft(await self.probe(url, up_url, s.b1_samples))
             if loaded_clients:
-                spread_s = tokens / s.b3_rate
-                group = await self.loadgen(
-                    url, loaded_clients, expect_chars=tokens * TOKEN_CHARS, spread_s=spread_s
-                )
+                group = await self.reply_load(url, loaded_clients, rate=s.b3_rate, tokens=tokens)
                 await self._connect(group, 120)
-                await group.all("run", "running", 10)
-                await asyncio.sleep(max(s.b3_warmup_s, spread_s + 1))
+                await group.run(s.b3_warmup_s)
                 cpu0, t0 = server.cpu(), time.monotonic()
                 figures[f"{loaded_clients} streams"] = _ttft(
                     await self.probe(url, up_url, s.b1_samples)
