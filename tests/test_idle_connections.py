@@ -297,7 +297,7 @@ class _RecordingWebSocket:
     """Stands in for a socket's `AsgiWebSocket`: records what was sent, and by which path."""
 
     def __init__(self) -> None:
-        self.sent: list[str] = []
+        self.sent: list[str | bytes] = []
         self.release = asyncio.Event()
         self.release.set()
 
@@ -305,7 +305,7 @@ class _RecordingWebSocket:
         self.sent.append(text)
         return True
 
-    async def send(self, text: str) -> None:
+    async def send(self, text: str | bytes) -> None:
         await self.release.wait()  # a connection over its high-water mark, when cleared
         self.sent.append(text)
 
@@ -340,6 +340,11 @@ async def test_a_direct_write_never_overtakes_a_queued_or_held_packet(
             await eventually(lambda: not socket_._writing)
             await socket_.send(Packet(MESSAGE, "e"))
             assert fake.sent[4:] == ["4e"]
+            # A binary packet is never a direct (text) write: the writer sends it.
+            written_at = socket_._sent_at
+            await socket_.send(Packet(MESSAGE, b"\x01"))
+            await eventually(lambda: len(fake.sent) == 6)
+            assert fake.sent[5] == b"\x01" and socket_._sent_at == written_at
         finally:
             if socket_._writer is not None:
                 socket_.queue.put_nowait(None)

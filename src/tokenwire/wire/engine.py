@@ -500,6 +500,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
             and not self._writing
             and not self.upgrading
             and self.queue.empty()
+            and not pkt.binary  # a text frame only; the writer sends the others
             and ws.send_nowait(pkt.encode())
         ):
             self._sent_at = asyncio.get_running_loop().time()
