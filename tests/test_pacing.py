@@ -223,3 +223,27 @@ def test_a_late_beat_reads_held_transports_before_waking_their_readers(
 ) -> None:
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(_late_beat_reads_before_it_wakes())
+
+
+async def test_first_text_after_a_role_only_chunk_is_not_held_for_the_beat(
+    gateway_factory: GatewayFactory, client_factory: Callable[[], Client]
+) -> None:
+    """OpenAI, vLLM and llama.cpp open with `{"role": "assistant", "content": ""}` in a write
+    of its own; the text after it must still go out the moment it arrives.
+
+    With a beat of 1,000 s, a reader that waited for the beat after the role
+    chunk would hold the first token for minutes, whatever the clock's phase.
+    """
+    async with gateway_factory(stream_flush_ms=1_000_000) as gw:
+        client = client_factory()
+        await client.connect(gw.url, gw.token())
+        # The double writes the role-only chunk at once, the text 0.3 s later.
+        gw.upstream.enqueue(Script(tokens=["first", " second"], first_delay_s=0.3, delay_s=0.01))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await client.emit("chat:start", {"message": "role chunk first"})
+        first = (await client.wait_for("chat:message", timeout=10))[1]
+        assert first["content"] == "first" and first["offset"] == 0
+        assert loop.time() - started < 5
+        await client.call("chat:stop")  # the rest waits for the (distant) beat
+        await client.wait_for("chat:stopped")

@@ -61,18 +61,19 @@ class OpenAIProvider:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._retries = retries
         self._backoff_s = backoff_s
-        # Reads after the first wait for the shared beat (tokenwire.pacing).
+        # Reads after the first text wait for the shared beat (tokenwire.pacing).
         self._beat = Beat(pace_s) if pace_s > 0 else None
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[str | StreamEnd, None]:
         """Deltas of one completion: all that one read brought, joined; then one `StreamEnd`.
 
-        With a beat (STREAM_FLUSH_MS > 0), the first read returns as soon as a
-        byte arrives; after each read the reader waits for the next beat, shared
-        by every reply (`tokenwire.pacing`), letting tokens collect in the socket
-        buffer. A reply then costs one wake-up per frame sent instead of one per
-        token, all replies' frames go out together, and no token waits longer
-        than the writer's coalescing would make it wait anyway.
+        With a beat (STREAM_FLUSH_MS > 0), reads return as soon as bytes arrive
+        until the first text has been yielded; after each later read the
+        reader waits for the next beat, shared by every reply
+        (`tokenwire.pacing`), letting tokens collect in the socket buffer. A
+        reply then costs one wake-up per frame sent instead of one per token,
+        all replies' frames go out together, and no token waits longer than
+        the writer's coalescing would make it wait anyway.
 
         The read loop is written out here rather than in a generator of its
         own that this one would relay: each delta then passes through one
@@ -93,6 +94,11 @@ class OpenAIProvider:
             # only the transport is paused, so aiohttp's parser and its own
             # flow control are untouched.
             connection = response.connection
+            # Only once text has gone out: every OpenAI-compatible server
+            # opens with a role-only chunk (`{"role": "assistant", "content":
+            # ""}`) in a write of its own, and waiting for the beat after it
+            # held every reply's first token back by up to STREAM_FLUSH_MS.
+            paced = False
             transport = (
                 connection.transport if beat is not None and connection is not None else None
             )
@@ -102,11 +108,12 @@ class OpenAIProvider:
                     texts = state.take(decoder.feed(chunk) if chunk else decoder.close())
                     if texts:
                         yield texts[0] if len(texts) == 1 else "".join(texts)
+                        paced = True
                     if state.failure is not None:
                         raise state.failure
                     if state.done or not chunk:
                         break
-                    if beat is not None:
+                    if paced and beat is not None:
                         await beat.wait(hold=transport)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # A connection dropped mid-reply (ClientPayloadError, ServerDisconnectedError, ...).
