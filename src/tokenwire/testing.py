@@ -47,8 +47,9 @@ class Script:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     error_body: dict[str, Any] | None = None
-    finish_reason: str = "stop"
+    finish_reason: str | None = "stop"  # None: no chunk carries one (a truncated stream)
     usage: bool = True
+    empty: bool = False  # HTTP 200 with an empty body (llama.cpp, prompt past its context)
     done: bool = True  # send `data: [DONE]`
     drop_after: int | None = None  # close the connection abruptly after this many tokens
     stall_after: int | None = None  # after this many tokens, go silent (until the client leaves)
@@ -153,6 +154,9 @@ class UpstreamDouble:
                     ],
                 }
             )
+            if script.empty:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
             await self._stream(script, request, send, disconnected)
         finally:
             watcher.cancel()
@@ -212,7 +216,8 @@ class UpstreamDouble:
                 return
             await event(chunk({"content": token}))
             request.sent.append(token)
-        await event(chunk({}, script.finish_reason))
+        if script.finish_reason is not None:
+            await event(chunk({}, script.finish_reason))
         if script.usage:
             prompt = sum(len(str(m.get("content", "")).split()) for m in request.messages)
             await event(

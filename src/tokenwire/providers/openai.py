@@ -21,6 +21,7 @@ import asyncio
 import email.utils
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 
 _RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 _MAX_RETRY_AFTER_S = 10.0  # longer waits go back to the user as RATE_LIMIT
+_EMPTY_BODY = (
+    "The model server sent back an empty reply. The conversation may be too long "
+    "for this model: start a new one or send a shorter message."
+)
 
 
 class OpenAIProvider:
@@ -105,6 +110,7 @@ class OpenAIProvider:
             try:
                 while True:
                     chunk = await content_stream.readany()
+                    state.received += len(chunk)
                     texts = state.take(decoder.feed(chunk) if chunk else decoder.close())
                     if texts:
                         yield texts[0] if len(texts) == 1 else "".join(texts)
@@ -117,13 +123,19 @@ class OpenAIProvider:
                         await beat.wait(hold=transport)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # A connection dropped mid-reply (ClientPayloadError, ServerDisconnectedError, ...).
-                raise UpstreamError(retryable=not state.seen_data) from exc
+                raise state.broken(f"the connection broke ({type(exc).__name__})") from exc
             finally:
                 if transport is not None and beat is not None:
                     beat.let_go(transport)  # never hand a paused connection back to the pool
+        if state.received == 0:
+            # llama.cpp answers a prompt longer than its context this way.
+            raise state.broken("HTTP 200 with an empty body", message=_EMPTY_BODY)
         if state.finish_reason is None:
-            # The body ended without [DONE] or a finish_reason: it was cut off.
-            raise UpstreamError(retryable=not state.seen_data)
+            # A reply is complete only when the upstream says why it ended.
+            # llama.cpp (interrupt_requests) ends a running stream for a new
+            # request with [DONE] and no finish_reason: that is a truncation.
+            where = "[DONE] without a finish_reason" if state.done else "the body ended early"
+            raise state.broken(where)
         yield StreamEnd(state.finish_reason, state.usage, state.model or model)
 
     async def _open(self, request: ChatRequest) -> aiohttp.ClientResponse:
@@ -172,7 +184,18 @@ class OpenAIProvider:
 class _Completion:
     """What the events of one completion said so far."""
 
-    __slots__ = ("done", "failure", "finish_reason", "model", "seen_data", "usage")
+    __slots__ = (
+        "done",
+        "events",
+        "failure",
+        "finish_reason",
+        "last_event",
+        "model",
+        "received",
+        "seen_data",
+        "texts",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self.finish_reason: str | None = None
@@ -181,6 +204,27 @@ class _Completion:
         self.seen_data = False
         self.done = False  # [DONE] arrived
         self.failure: UpstreamError | None = None
+        # For the log when the stream breaks: how far it got.
+        self.received = 0  # bytes of body
+        self.events = 0
+        self.texts = 0
+        self.last_event = b""
+
+    def broken(
+        self, where: str, *, body: bytes | None = None, message: str | None = None
+    ) -> UpstreamError:
+        """The error for a stream that failed after HTTP 200, logged with where and how far."""
+        log.warning(
+            "upstream stream failed after HTTP 200: %s; %d bytes, %d events, %d text deltas "
+            "received; %s %.300r",
+            where,
+            self.received,
+            self.events,
+            self.texts,
+            "error body:" if body is not None else "last event:",
+            redact(body if body is not None else self.last_event),
+        )
+        return UpstreamError(message, retryable=not self.seen_data)
 
     def take(self, events: list[bytes]) -> list[str]:
         """The text deltas of `events` (the data of one read's SSE events), in order.
@@ -191,19 +235,19 @@ class _Completion:
         """
         texts: list[str] = []
         for data in events:
+            self.events += 1
             if data == b"[DONE]":
                 self.done = True
-                if self.finish_reason is None:
-                    self.finish_reason = "stop"
                 break
             try:
                 parsed: Any = orjson.loads(data)
             except orjson.JSONDecodeError:
                 parsed = None
             if not isinstance(parsed, dict) or "error" in parsed:
-                log.error("upstream sent an error or garbage mid-stream: %.300r", data)
-                self.failure = UpstreamError(retryable=not self.seen_data and not texts)
+                what = "an error event" if isinstance(parsed, dict) else "an event that is not JSON"
+                self.failure = self.broken(what, body=data)
                 break
+            self.last_event = data
             self.seen_data = True
             self.model = parsed.get("model") or self.model
             for choice in parsed.get("choices") or ():
@@ -212,6 +256,7 @@ class _Completion:
                     text = delta.get("content")
                     if text:
                         texts.append(text)
+                        self.texts += 1
                 if choice.get("finish_reason"):
                     self.finish_reason = choice["finish_reason"]
             if parsed.get("usage"):
@@ -235,8 +280,19 @@ def _status_error(status: int, headers: Mapping[str, str], body: bytes) -> Upstr
         # the log, vague on the wire.
         log.error("upstream refused our credentials (HTTP %d); check OPENAI_API_KEY", status)
     else:
-        log.warning("upstream answered HTTP %d: %.300r", status, body)
+        log.warning("upstream answered HTTP %d: %.300r", status, redact(body))
     return UpstreamError(retryable=retryable)
+
+
+_SECRETS = re.compile(rb"(sk-[A-Za-z0-9_-]{6})[A-Za-z0-9_-]+|(Bearer\s+)\S+", re.IGNORECASE)
+
+
+def redact(body: bytes) -> bytes:
+    """An upstream body fit for the log: anything shaped like a key or a bearer token cut.
+
+    Upstreams echo request headers or keys in some errors (gateways, proxies).
+    """
+    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2)) + b"[redacted]", body)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

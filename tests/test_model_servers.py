@@ -1,0 +1,75 @@
+"""What real OpenAI-compatible model servers do that OpenAI's own API rarely does.
+
+llama.cpp, vLLM, Ollama and reasoning models, reproduced by the upstream
+double: truncated streams, empty bodies, missing usage, context windows,
+one-at-a-time serving, slow first tokens and reasoning deltas (issue 12).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.conftest import Client, Gateway
+from tokenwire.providers.openai import redact
+from tokenwire.testing import Script
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("tokenwire") and r.levelno == logging.WARNING
+    ]
+
+
+async def test_done_without_finish_reason_is_an_error_not_a_complete_reply(
+    gateway: Gateway, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """llama.cpp ends a running stream for a new request with [DONE] and no finish_reason."""
+    caplog.set_level(logging.WARNING, logger="tokenwire")
+    gateway.upstream.enqueue(Script(tokens=["half ", "a "], finish_reason=None, usage=False))
+    await client.emit("chat:start", {"message": "cut me off"})
+    error = await client.wait_for("chat:error", "chat:end")
+    assert error[0] == "chat:error" and error[1]["code"] == "UPSTREAM_ERROR"
+    message = await gateway.services.repository.get_message(error[1]["messageId"])
+    assert (message.status, message.content) == ("error", "half a ")
+    [line] = [w for w in _warnings(caplog) if "after HTTP 200" in w]
+    assert "[DONE] without a finish_reason" in line
+    assert "2 text deltas" in line and "bytes" in line
+
+
+async def test_a_200_with_an_empty_body_says_what_probably_happened(
+    gateway: Gateway, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tokenwire")
+    gateway.upstream.enqueue(Script(empty=True))
+    await client.emit("chat:start", {"message": "far too long"})
+    error = (await client.wait_for("chat:error"))[1]
+    assert error["code"] == "UPSTREAM_ERROR"
+    assert "empty reply" in error["message"] and "too long" in error["message"]
+    message = await gateway.services.repository.get_message(error["messageId"])
+    assert (message.status, message.content) == ("error", "")
+    [line] = [w for w in _warnings(caplog) if "after HTTP 200" in w]
+    assert "empty body" in line and "0 bytes" in line
+
+
+async def test_a_dropped_stream_is_logged_with_how_far_it_got(
+    gateway: Gateway, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tokenwire")
+    gateway.upstream.enqueue(Script(count=10, drop_after=3))
+    await client.emit("chat:start", {"message": "drop"})
+    error = (await client.wait_for("chat:error"))[1]
+    assert error["code"] == "UPSTREAM_ERROR"
+    [line] = [w for w in _warnings(caplog) if "after HTTP 200" in w]
+    assert "the connection broke" in line and "3 text deltas" in line
+    assert "token2" in line  # the last event that came
+
+
+def test_error_bodies_are_logged_without_secrets() -> None:
+    body = b'{"error": "bad key sk-proj-abcdefghijklmnop, header Bearer eyJhbGciOi.x.y"}'
+    cleaned = redact(body)
+    assert b"abcdefghijklmnop" not in cleaned and b"eyJhbGciOi" not in cleaned
+    assert b"sk-proj-a[redacted]" in cleaned and b"Bearer [redacted]" in cleaned
