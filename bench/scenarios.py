@@ -45,7 +45,10 @@ class Settings:
     b1_samples: int = 60
     b2_clients: int = 200
     b2_rate: float = 100.0
-    b2_reply_tokens: int = 300
+    b2_reply_tokens: int = 200
+    # Each client continues its conversation once before starting a new one
+    # (issue 14's load), so half the turns load history.
+    turns_per_conversation: int = 2
     b2_warmup_s: float = 2.0
     b2_window_s: float = 4.0
     b2_flush_extra: tuple[float, ...] = ()
@@ -63,7 +66,10 @@ class Settings:
     b4_env: dict[str, str] = field(default_factory=dict)
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(48))
     users: int = 1000
-    upstream: str = "lean"  # or "repo": python -m tokenwire.testing upstream
+    # bench/upstream.py's shape ("realistic", as OpenAI streams; "lean", the
+    # double of the figures before it), or "repo": python -m tokenwire.testing upstream
+    double: str = "realistic"
+    b1_clients: tuple[str, ...] = ("node", "python")
     profile: Path | None = None  # write py-spy profiles of the gateway's B2 windows here
 
 
@@ -95,6 +101,11 @@ class StreamResult:
         return self.gateway_cpu_s / self.tokens * 1e6 if self.tokens else math.inf
 
     @property
+    def cpu_per_turn_ms(self) -> float:
+        """All the gateway's CPU per reply ended in the window: its tokens and its turn's work."""
+        return self.gateway_cpu_s / self.replies * 1e3 if self.replies else math.inf
+
+    @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.window_s
 
@@ -115,6 +126,7 @@ class StreamResult:
             "frames/s": f"{self.frames / w:,.0f}",
             "gateway CPU": f"{self.gateway_cpu_s / w:.0%}",
             "µs CPU/token": f"{self.cpu_per_token_us:.1f}",
+            "ms CPU/turn": f"{self.cpu_per_turn_ms:.2f}",
             "upstream CPU": f"{self.upstream_cpu_s / w:.0%}",
             "loadgen CPU (max proc)": f"{sum(self.loadgen_cpu_s) / w:.0%} "
             f"({max(self.loadgen_cpu_s, default=0) / w:.0%})",
@@ -177,6 +189,7 @@ class Bench:
         self._users = [f"bench-u{i}" for i in range(settings.users)]
         self._run = 0
         self._groups = 0
+        self._probes = 0
 
     def token(self, user: str) -> str:
         now = int(time.time())
@@ -188,10 +201,10 @@ class Bench:
     async def upstream(self, rate: float, tokens: int) -> tuple[Proc, str]:
         port = free_port()
         args = ["--port", str(port), "--tokens", str(tokens), "--tokens-per-s", str(rate)]
-        if self.s.upstream == "repo":
+        if self.s.double == "repo":
             argv = [self.s.python, "-m", "tokenwire.testing", "upstream", *args]
         else:
-            argv = [self.s.python, str(BENCH / "upstream.py"), *args]
+            argv = [self.s.python, str(BENCH / "upstream.py"), *args, "--shape", self.s.double]
         proc = await self.procs.start(
             f"upstream-{port}", argv, env={"PYTHONPATH": str(self.s.tree / "src")}
         )
@@ -272,6 +285,7 @@ class Bench:
                 "expectChars": expect_chars,
                 "connectConcurrency": 50,
                 "staggerMs": spread_s * 1000,
+                "turnsPerConversation": self.s.turns_per_conversation,
             }
             path = self.s.logs / f"loadgen-{self._groups}-{i}.json"
             path.write_bytes(orjson.dumps(config))
@@ -486,24 +500,22 @@ class Bench:
 
     # --- B1: added time to first token
 
-    async def probe(self, gateway: str, upstream: str, samples: int) -> dict[str, list[float]]:
-        proc = await self.procs.start(
-            f"probe-{self._run}",
-            [
-                self.s.python,
-                str(BENCH / "probe.py"),
-                "--gateway",
-                gateway,
-                "--upstream",
-                upstream,
-                "--token",
-                self.token("bench-probe"),
-                "--samples",
-                str(samples),
-            ],
-            env={"PYTHONPATH": str(self.s.tree / "src")},
-            pipe=True,
-        )
+    async def probe(
+        self, client: str, gateway: str, upstream: str, samples: int
+    ) -> dict[str, list[float | None]]:
+        """TTFT samples, direct and via the gateway, from one client: "node"
+        (socket.io-client, bench/loadgen/probe.js) or "python" (python-socketio, bench/probe.py)."""
+        token = self.token("bench-probe")
+        if client == "node":
+            config = {"gateway": gateway, "upstream": upstream, "token": token, "samples": samples}
+            argv = ["node", str(BENCH / "loadgen" / "probe.js"), orjson.dumps(config).decode()]
+            env = {"NODE_PATH": str(self.s.cache / "loadgen" / "node_modules")}
+        else:
+            argv = [self.s.python, str(BENCH / "probe.py"), "--gateway", gateway]
+            argv += ["--upstream", upstream, "--token", token, "--samples", str(samples)]
+            env = {"PYTHONPATH": str(self.s.tree / "src")}
+        self._probes += 1
+        proc = await self.procs.start(f"probe-{client}-{self._probes}", argv, env=env, pipe=True)
         assert proc.process.stdout is not None
         try:
             line = await asyncio.wait_for(proc.process.stdout.readline(), 120)
@@ -511,7 +523,7 @@ class Bench:
             await self.procs.stop(proc)
         if not line:
             raise RuntimeError(f"the TTFT probe failed; see {proc.log}")
-        result: dict[str, list[float]] = orjson.loads(line)
+        result: dict[str, list[float | None]] = orjson.loads(line)
         return result
 
     async def b1(self, loaded_clients: int) -> dict[str, dict[str, float]]:
@@ -522,18 +534,19 @@ class Bench:
         figures: dict[str, dict[str, float]] = {}
         group: LoadGroup | None = None
         try:
-            figures["1 stream"] = _ttft(await self.probe(url, up_url, s.b1_samples))
+            for client in s.b1_clients:
+                figures[f"1 stream, {client}"] = _ttft(
+                    await self.probe(client, url, up_url, s.b1_samples)
+                )
             if loaded_clients:
                 group = await self.reply_load(url, loaded_clients, rate=s.b3_rate, tokens=tokens)
                 await self._connect(group, 120)
                 await group.run(s.b3_warmup_s)
-                cpu0, t0 = server.cpu(), time.monotonic()
-                figures[f"{loaded_clients} streams"] = _ttft(
-                    await self.probe(url, up_url, s.b1_samples)
-                )
-                figures[f"{loaded_clients} streams"]["gateway_cpu"] = (server.cpu() - cpu0) / (
-                    time.monotonic() - t0
-                )
+                for client in s.b1_clients:
+                    cpu0, t0 = server.cpu(), time.monotonic()
+                    name = f"{loaded_clients} streams, {client}"
+                    figures[name] = _ttft(await self.probe(client, url, up_url, s.b1_samples))
+                    figures[name]["gateway_cpu"] = (server.cpu() - cpu0) / (time.monotonic() - t0)
                 await group.all("quit", "bye", 10)
         finally:
             for proc in (*(group.procs if group else ()), server, upstream):
@@ -600,9 +613,15 @@ class Bench:
         }
 
 
-def _ttft(samples: dict[str, list[float]]) -> dict[str, float]:
-    direct = [x * 1000 for x in samples["direct"]]
-    via = [x * 1000 for x in samples["via"] if not math.isnan(x)]
+def _ttft(samples: dict[str, list[float | None]]) -> dict[str, float]:
+    # A reply with no chat:message is None (node) or NaN (python): left out.
+    pairs = [
+        (d * 1000, v * 1000)
+        for d, v in zip(samples["direct"], samples["via"], strict=True)
+        if d is not None and v is not None and not math.isnan(v)
+    ]
+    direct = [d for d, _ in pairs]
+    via = [v for _, v in pairs]
     return {
         "n": len(via),
         "direct_p50": percentile(direct, 0.5),
@@ -612,9 +631,7 @@ def _ttft(samples: dict[str, list[float]]) -> dict[str, float]:
         "added_p50": percentile(via, 0.5) - percentile(direct, 0.5),
         "added_p99": percentile(via, 0.99) - percentile(direct, 0.99),
         # the median of per-pair differences, less sensitive to drift under load
-        "paired_p50": statistics.median(
-            v - d for v, d in zip(via, direct, strict=False) if not math.isnan(v)
-        ),
+        "paired_p50": statistics.median(v - d for d, v in pairs) if pairs else math.nan,
     }
 
 

@@ -6,7 +6,8 @@
 //
 //   node loadgen.js config.json
 //   config.json: {"url": "http://127.0.0.1:8000", "tokens": ["<jwt>", ...],
-//                 "users": ["u1", ...], "clients": 250, "expectChars": 1200}
+//                 "users": ["u1", ...], "clients": 250, "expectChars": 1200,
+//                 "turnsPerConversation": 2}
 //
 //   connect  open every connection (connectConcurrency at a time)
 //   run      every connection loops: chat:start, wait for chat:end, again
@@ -18,11 +19,15 @@
 // Counters: frames and characters of chat:message received, replies ended
 // (complete = every character arrived), errors, disconnects, and a histogram
 // of the gaps between consecutive chunks of one reply (1 ms buckets).
+//
+// With turnsPerConversation N > 1 a client continues its conversation (the
+// conversationId of chat:end) for N turns before starting a new one, so the
+// gateway loads history as it does for a user who replies.
 const { io } = require('socket.io-client');
 const readline = require('node:readline');
 
 const cfg = Object.assign(
-  { clients: 1, connectConcurrency: 64, connectTimeoutMs: 20000, staggerMs: 1000, message: 'Say something long.', expectChars: 0 },
+  { clients: 1, connectConcurrency: 64, connectTimeoutMs: 20000, staggerMs: 1000, message: 'Say something long.', expectChars: 0, turnsPerConversation: 1 },
   JSON.parse(require('node:fs').readFileSync(process.argv[2], 'utf8')),
 );
 const HIST = 10001;
@@ -46,6 +51,8 @@ class Client {
     this.connected = false;
     this.got = 0;
     this.last = 0;
+    this.turn = 0;
+    this.conversationId = null;
   }
 
   connect() {
@@ -61,7 +68,7 @@ class Client {
       s.on('connect_error', () => { s.close(); settle(false); });
       s.on('disconnect', () => { if (this.connected) counters.disconnects++; this.connected = false; this.end(false); });
       s.on('chat:message', (m) => this.message(m));
-      s.on('chat:end', () => this.end(true));
+      s.on('chat:end', (e) => { this.conversationId = (e && e.conversationId) || null; this.end(true); });
       s.on('chat:stopped', () => this.end(false));
       s.on('chat:error', (e) => {
         counters.errors++;
@@ -77,7 +84,9 @@ class Client {
     this.busy = true;
     this.got = 0;
     this.last = 0;
-    this.s.emit('chat:start', { message: cfg.message, userId: this.user });
+    const payload = { message: cfg.message, userId: this.user };
+    if (this.turn++ % cfg.turnsPerConversation && this.conversationId) payload.conversationId = this.conversationId;
+    this.s.emit('chat:start', payload);
   }
 
   message(m) {
