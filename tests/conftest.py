@@ -65,7 +65,7 @@ async def reset_postgres(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.begin() as conn:
         await conn.execute(
-            text("DROP TABLE IF EXISTS messages, conversations, alembic_version CASCADE")
+            text("DROP TABLE IF EXISTS messages, conversations, nodes, alembic_version CASCADE")
         )
     await engine.dispose()
 

@@ -20,6 +20,7 @@ import aiohttp
 from tokenwire.auth import Authenticator
 from tokenwire.chat import ChatService
 from tokenwire.config import Settings
+from tokenwire.errors import Unavailable
 from tokenwire.providers import Provider
 from tokenwire.providers.demo import DemoProvider
 from tokenwire.providers.openai import OpenAIProvider
@@ -87,6 +88,7 @@ class Services:
             await asyncio.to_thread(encoding)  # load the token table now, not on the first reply
             repository = Repository(database)
             chat = ChatService(settings, repository, _build_provider(settings, http))
+            await chat.checkpoint_once()  # take this node's lease before anyone sweeps
             await chat.sweep_stale()
             services = cls(
                 settings, database, repository, http, Authenticator(settings, http), chat
@@ -99,6 +101,8 @@ class Services:
             )
             yield services
             await chat.shutdown(settings.shutdown_grace_s)
+            with contextlib.suppress(Unavailable):
+                await repository.leave(chat.node_id)
         finally:
             if housekeeping is not None:
                 housekeeping.cancel()

@@ -41,7 +41,7 @@ from tokenwire.errors import (
 from tokenwire.metrics import Metrics
 from tokenwire.providers import ChatRequest, Provider, StreamEnd, Usage
 from tokenwire.storage import FinishedReply, MessageStatus, Repository, Turn
-from tokenwire.storage.models import utcnow
+from tokenwire.storage.models import new_id, utcnow
 from tokenwire.tokens import count_messages, count_text, trim_history
 
 __all__ = ["ChatService", "StartChat", "Started"]
@@ -97,6 +97,9 @@ class ChatService:
         # finished ones by their exact usage.
         self.metrics.live_tokens = lambda: sum(r.writer.sent for r in self.replies) // 4
         self.accepting = True
+        # This process's identity in the database: its replies carry it, and
+        # its lease (`heartbeat`) keeps them from being swept while it lives.
+        self.node_id = new_id()
         self._system = (
             [{"role": "system", "content": settings.system_prompt}]
             if settings.system_prompt
@@ -161,7 +164,9 @@ class ChatService:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_WRITE_AFTER_S):
                     await reply.first_token.wait()
-            await self.repository.begin_turn(turn, user_id=user_id, text=chat.message, model=model)
+            await self.repository.begin_turn(
+                turn, user_id=user_id, text=chat.message, model=model, node_id=self.node_id
+            )
         except BaseException as exc:
             reply.cancel("aborted")
             await asyncio.shield(reply.task)
@@ -372,16 +377,22 @@ class ChatService:
     # --- checkpoints and recovery
 
     async def checkpoint_once(self) -> int:
-        """Save, in one transaction, the content of every reply that grew since its last checkpoint."""
+        """Renew this node's lease and save every reply that grew since its last checkpoint.
+
+        One transaction per interval, however many replies run. The lease is
+        written even when no reply produced text: a first token may take
+        minutes (a long prompt on a CPU, a reasoning model, a queued request)
+        and the reply is alive all that time. Returns how many replies were saved.
+        """
         grown = [
             (reply, len(reply.parts))
             for reply in self.replies
             if len(reply.parts) != reply.checkpointed_parts and reply.committed.is_set()
         ]
-        if not grown:
-            return 0
         try:
-            await self.repository.checkpoint({r.message_id: "".join(r.parts[:n]) for r, n in grown})
+            await self.repository.heartbeat(
+                self.node_id, {r.message_id: "".join(r.parts[:n]) for r, n in grown}
+            )
         except Unavailable:
             log.warning("checkpoint skipped: database unavailable")
             return 0
@@ -390,9 +401,9 @@ class ChatService:
         return len(grown)
 
     async def sweep_stale(self) -> int:
-        """Mark replies abandoned by a dead process (no checkpoint for 3 intervals) interrupted."""
+        """Mark replies of dead nodes (no lease for 3 intervals) interrupted; never this node's."""
         cutoff = utcnow() - timedelta(seconds=3 * self.settings.checkpoint_interval_s)
-        count = await self.repository.sweep_stale(cutoff)
+        count = await self.repository.sweep_stale(self.node_id, cutoff)
         if count:
             log.warning("marked %d abandoned replies interrupted", count)
         return count

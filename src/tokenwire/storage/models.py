@@ -17,7 +17,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "Conversation", "Message", "MessageStatus", "Role", "new_id", "utcnow"]
+__all__ = ["Base", "Conversation", "Message", "MessageStatus", "Node", "Role", "new_id", "utcnow"]
 
 
 def new_id() -> str:
@@ -100,5 +100,24 @@ class Message(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The process that generates (or generated) the reply; see `Node`.
+    node_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
+
+
+class Node(Base):
+    """A running tokenwire process and its lease: alive while `heartbeat_at` is recent.
+
+    Each process writes its lease every CHECKPOINT_INTERVAL_S, whether or not
+    its replies produce text, and a `streaming` reply is abandoned only when
+    its node's lease has lapsed. A reply's liveness so never depends on text
+    arriving (a model can think for minutes before its first token), and no
+    node takes another live node's reply for a dead one.
+    """
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

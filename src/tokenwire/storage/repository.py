@@ -17,13 +17,32 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tokenwire.errors import NotFound
 from tokenwire.storage.database import Database
-from tokenwire.storage.models import Conversation, Message, MessageStatus, Role, new_id, utcnow
+from tokenwire.storage.models import (
+    Conversation,
+    Message,
+    MessageStatus,
+    Node,
+    Role,
+    new_id,
+    utcnow,
+)
 
 __all__ = ["FinishedReply", "Repository", "Turn"]
 
@@ -67,7 +86,9 @@ def _title(text: str) -> str:
 
 _C = cast(Table, Conversation.__table__)
 _M = cast(Table, Message.__table__)
+_N = cast(Table, Node.__table__)
 _STREAMING = MessageStatus.STREAMING.value
+_INTERRUPTED = MessageStatus.INTERRUPTED.value
 
 _OWNER = select(_C.c.user_id).where(_C.c.id == bindparam("b_id"))
 _HISTORY = (
@@ -82,11 +103,30 @@ _TOUCH_CONVERSATION = (
     .values(updated_at=bindparam("b_now"), model=bindparam("b_model"))
 )
 _NEW_MESSAGE = insert(_M)
+# A node's own reply is never anyone else's to end: if another node swept
+# it (this one missed its leases, a long pause or a database outage), its
+# next checkpoint takes it back, so it keeps its crash recovery. Finished
+# replies (complete, stopped, error) are never touched.
 _CHECKPOINT = (
     update(_M)
-    .where(_M.c.id == bindparam("b_id"), _M.c.status == _STREAMING)
-    .values(content=bindparam("b_content"), updated_at=bindparam("b_now"))
+    .where(
+        _M.c.id == bindparam("b_id"),
+        _M.c.node_id == bindparam("b_node"),
+        _M.c.status.in_((_STREAMING, _INTERRUPTED)),
+    )
+    .values(
+        content=bindparam("b_content"),
+        status=_STREAMING,
+        finish_reason=None,
+        updated_at=bindparam("b_now"),
+    )
 )
+_RENEW_LEASE = (
+    update(_N).where(_N.c.id == bindparam("b_node")).values(heartbeat_at=bindparam("b_now"))
+)
+_TAKE_LEASE = insert(_N)
+_DROP_LEASE = delete(_N).where(_N.c.id == bindparam("b_node"))
+_LAPSED_LEASES = delete(_N).where(_N.c.heartbeat_at < bindparam("b_before"))
 _FINISH = (
     update(_M)
     .where(_M.c.id == bindparam("b_id"))
@@ -100,9 +140,18 @@ _FINISH = (
         updated_at=bindparam("b_now"),
     )
 )
+_LIVE_NODES = select(_N.c.id).where(_N.c.heartbeat_at >= bindparam("b_before"))
 _SWEEP = (
     update(_M)
-    .where(_M.c.status == _STREAMING, _M.c.updated_at < bindparam("b_before"))
+    .where(
+        _M.c.status == _STREAMING,
+        or_(
+            # Written before node leases existed: judged by its last checkpoint.
+            and_(_M.c.node_id.is_(None), _M.c.updated_at < bindparam("b_before")),
+            # Never this node's own, and only when its node's lease lapsed.
+            and_(_M.c.node_id != bindparam("b_node"), _M.c.node_id.not_in(_LIVE_NODES)),
+        ),
+    )
     .values(
         status=MessageStatus.INTERRUPTED.value,
         finish_reason="interrupted",
@@ -130,7 +179,9 @@ class Repository:
 
         return await self.db.run(load, write=False)
 
-    async def begin_turn(self, turn: Turn, *, user_id: str, text: str, model: str) -> None:
+    async def begin_turn(
+        self, turn: Turn, *, user_id: str, text: str, model: str, node_id: str | None = None
+    ) -> None:
         """Commit the user's message and an empty streaming reply (and a new conversation), in one transaction."""
         now = utcnow()
         # The reply is one microsecond younger, so ordering by time never
@@ -146,6 +197,7 @@ class Repository:
                 "model": None,
                 "created_at": now,
                 "updated_at": now,
+                "node_id": None,
             },
             {
                 "id": turn.assistant_message_id,
@@ -156,6 +208,7 @@ class Repository:
                 "model": model,
                 "created_at": later,
                 "updated_at": later,
+                "node_id": node_id,
             },
         ]
 
@@ -190,16 +243,29 @@ class Repository:
             # The conversation was deleted between reading its history and now.
             raise NotFound() from exc
 
-    async def checkpoint(self, contents: dict[str, str]) -> None:
-        """Save what streaming replies have so far, all in one transaction (crash recovery)."""
-        if not contents:
-            return
+    async def heartbeat(self, node_id: str, contents: dict[str, str]) -> None:
+        """Renew the node's lease and save what its streaming replies have so far, in one transaction.
+
+        The lease is what keeps every reply of this node alive for the sweep,
+        text or no text; `contents` (the replies that grew) is crash recovery.
+        """
         now = utcnow()
         rows = [
-            {"b_id": mid, "b_content": _storable(text), "b_now": now}
+            {"b_id": mid, "b_content": _storable(text), "b_now": now, "b_node": node_id}
             for mid, text in contents.items()
         ]
-        await self.db.run(lambda conn: conn.execute(_CHECKPOINT, rows))
+
+        def beat(conn: Connection) -> None:
+            if not conn.execute(_RENEW_LEASE, {"b_node": node_id, "b_now": now}).rowcount:
+                conn.execute(_TAKE_LEASE, {"id": node_id, "started_at": now, "heartbeat_at": now})
+            if rows:
+                conn.execute(_CHECKPOINT, rows)
+
+        await self.db.run(beat)
+
+    async def leave(self, node_id: str) -> None:
+        """Give up the node's lease (clean shutdown): whatever it left `streaming` is abandoned."""
+        await self.db.run(lambda conn: conn.execute(_DROP_LEASE, {"b_node": node_id}))
 
     async def finish_reply(self, message_id: str, reply: FinishedReply) -> None:
         values = {
@@ -214,10 +280,19 @@ class Repository:
         }
         await self.db.run(lambda conn: conn.execute(_FINISH, values))
 
-    async def sweep_stale(self, older_than: datetime) -> int:
-        """Mark replies left `streaming` by a dead process as `interrupted`; returns how many."""
-        values = {"b_before": older_than, "b_now": utcnow()}
-        return await self.db.run(lambda conn: int(conn.execute(_SWEEP, values).rowcount or 0))
+    async def sweep_stale(self, node_id: str, older_than: datetime) -> int:
+        """Mark replies of nodes whose lease lapsed before `older_than` `interrupted`; how many.
+
+        `node_id` is the sweeping node's own: its replies are never swept.
+        """
+        values = {"b_before": older_than, "b_now": utcnow(), "b_node": node_id}
+
+        def sweep(conn: Connection) -> int:
+            count = int(conn.execute(_SWEEP, values).rowcount or 0)
+            conn.execute(_LAPSED_LEASES, values)  # their replies are ended now
+            return count
+
+        return await self.db.run(sweep)
 
     async def list_conversations(
         self, user_id: str, *, limit: int, offset: int
