@@ -55,6 +55,7 @@ async def test_conversations_and_messages_for_their_owner(gateway: Gateway, clie
             "model",
             "promptTokens",
             "completionTokens",
+            "usageSource",
             "createdAt",
         }
         assert messages[1]["finishReason"] == "stop" and messages[1]["completionTokens"] == 1

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 
+import httpx
 import pytest
 
 from tests.conftest import Client, Gateway
 from tokenwire.providers.openai import redact
 from tokenwire.testing import Script
+from tokenwire.tokens import count_text
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -73,3 +75,35 @@ def test_error_bodies_are_logged_without_secrets() -> None:
     cleaned = redact(body)
     assert b"abcdefghijklmnop" not in cleaned and b"eyJhbGciOi" not in cleaned
     assert b"sk-proj-a[redacted]" in cleaned and b"Bearer [redacted]" in cleaned
+
+
+async def test_usage_says_where_it_came_from_in_the_end_the_database_and_metrics(
+    gateway: Gateway, client: Client
+) -> None:
+    gateway.upstream.enqueue(
+        Script(tokens=["reported"]),
+        Script(tokens=["counted", " here"], usage=False),
+        # llama-cpp-python: no usage, stopped at max_tokens; tiktoken would count 9.
+        Script(tokens=["über" * 3] * 3, usage=False, finish_reason="length"),
+    )
+    ends = []
+    for message, max_tokens in (("one", 100), ("two", 100), ("three", 3)):
+        await client.emit("chat:start", {"message": message, "maxTokens": max_tokens})
+        ends.append((await client.wait_for("chat:end"))[1])
+    assert [e["usageSource"] for e in ends] == ["upstream", "estimated", "estimated"]
+    assert ends[0]["completionTokens"] == 1  # the double's own count
+    assert ends[1]["completionTokens"] == count_text("counted here")
+    assert ends[2]["completionTokens"] == 3 != count_text("über" * 9)  # `length`: exact
+    saved = [await gateway.services.repository.get_message(e["messageId"]) for e in ends]
+    assert [m.usage_source for m in saved] == ["upstream", "estimated", "estimated"]
+    assert [m.completion_tokens for m in saved] == [e["completionTokens"] for e in ends]
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        metrics = (await http.get("/metrics")).text
+        rest = await http.get(
+            f"/api/conversations/{ends[0]['conversationId']}/messages",
+            headers={"Authorization": f"Bearer {gateway.token()}"},
+        )
+    assert 'tokenwire_completion_tokens_total{source="upstream"} 1.0' in metrics
+    estimated = ends[1]["completionTokens"] + 3
+    assert f'tokenwire_completion_tokens_total{{source="estimated"}} {estimated}.0' in metrics
+    assert rest.json()[1]["usageSource"] == "upstream"

@@ -30,6 +30,7 @@ class _ModelUsage:
     replies: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    estimated_replies: int = 0  # whose usage the upstream did not report
 
 
 @dataclass
@@ -66,6 +67,13 @@ class Metrics:
         self._tokens = Counter(
             "tokenwire_tokens_out",
             "Completion tokens streamed to clients (upstream usage, else tiktoken)",
+            registry=r,
+        )
+        self._tokens_by_source = Counter(
+            "tokenwire_completion_tokens",
+            "Completion tokens of finished replies, by where the count came from: "
+            "upstream (reported by the model server) or estimated (counted with tiktoken)",
+            ["source"],
             registry=r,
         )
         self._errors = Counter(
@@ -117,15 +125,19 @@ class Metrics:
         prompt_tokens: int,
         completion_tokens: int,
         seconds: float,
+        usage_source: str = "upstream",
     ) -> None:
         self._finished.labels(status, finish_reason).inc()
         self._tokens.inc(completion_tokens)
+        self._tokens_by_source.labels(usage_source).inc(completion_tokens)
         self.tokens_finished += completion_tokens
         self._duration.observe(seconds)
         usage = self._usage.setdefault(model, _ModelUsage())
         usage.replies += 1
         usage.prompt_tokens += prompt_tokens
         usage.completion_tokens += completion_tokens
+        if usage_source == "estimated":
+            usage.estimated_replies += 1
 
     def error(self, code: str) -> None:
         self._errors.labels(code).inc()
@@ -180,6 +192,7 @@ class Metrics:
                     "replies": u.replies,
                     "promptTokens": u.prompt_tokens,
                     "completionTokens": u.completion_tokens,
+                    "estimatedReplies": u.estimated_replies,
                 }
                 for model, u in self._usage.items()
             },

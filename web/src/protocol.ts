@@ -76,6 +76,8 @@ export interface ChunkEvent {
   offset: number;
 }
 
+export type UsageSource = 'upstream' | 'estimated';
+
 export interface EndEvent {
   messageId: string;
   conversationId: string;
@@ -84,6 +86,8 @@ export interface EndEvent {
   finishReason: string;
   promptTokens: number;
   completionTokens: number;
+  /** Whether the model server reported the usage or tokenwire counted it. */
+  usageSource: UsageSource;
   /** The whole reply, as saved. */
   content: string;
 }
@@ -144,6 +148,8 @@ export interface StoredMessage {
   model: string | null;
   promptTokens: number | null;
   completionTokens: number | null;
+  /** null for replies saved before tokenwire recorded it. */
+  usageSource: UsageSource | null;
   createdAt: string;
 }
 
@@ -184,7 +190,10 @@ export interface AdminStats extends AdminSample {
   errorsByCode: Record<string, number>;
   ttftP50Ms: number | null;
   ttftP95Ms: number | null;
-  usageByModel: Record<string, { replies: number; promptTokens: number; completionTokens: number }>;
+  usageByModel: Record<
+    string,
+    { replies: number; promptTokens: number; completionTokens: number; estimatedReplies: number }
+  >;
   replies: RunningReply[];
 }
 

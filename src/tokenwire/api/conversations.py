@@ -44,6 +44,7 @@ class MessageOut(_Camel):
     model: str | None
     prompt_tokens: int | None
     completion_tokens: int | None
+    usage_source: str | None  # "upstream" | "estimated"; null before it was recorded
     created_at: datetime
 
 

@@ -98,6 +98,8 @@ class Message(Base):
     model: Mapped[str | None] = mapped_column(String(200), nullable=True)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # "upstream" (the model server reported it) or "estimated" (counted here).
+    usage_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # The process that generates (or generated) the reply; see `Node`.

@@ -72,6 +72,7 @@ class FinishedReply:
     model: str
     prompt_tokens: int | None
     completion_tokens: int | None
+    usage_source: str | None = None
 
 
 def _storable(text: str) -> str:
@@ -137,6 +138,7 @@ _FINISH = (
         model=bindparam("b_model"),
         prompt_tokens=bindparam("b_prompt"),
         completion_tokens=bindparam("b_completion"),
+        usage_source=bindparam("b_usage_source"),
         updated_at=bindparam("b_now"),
     )
 )
@@ -276,6 +278,7 @@ class Repository:
             "b_model": reply.model,
             "b_prompt": reply.prompt_tokens,
             "b_completion": reply.completion_tokens,
+            "b_usage_source": reply.usage_source,
             "b_now": utcnow(),
         }
         await self.db.run(lambda conn: conn.execute(_FINISH, values))
