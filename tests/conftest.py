@@ -170,6 +170,8 @@ class Client:
         "chat:end",
         "chat:error",
         "chat:stopped",
+        "chat:reasoning",
+        "chat:queued",
     )
 
     def __init__(self) -> None:

@@ -56,6 +56,8 @@ async def test_conversations_and_messages_for_their_owner(gateway: Gateway, clie
             "promptTokens",
             "completionTokens",
             "usageSource",
+            "reasoning",
+            "reasoningMs",
             "createdAt",
         }
         assert messages[1]["finishReason"] == "stop" and messages[1]["completionTokens"] == 1

@@ -8,11 +8,12 @@ one-at-a-time serving, slow first tokens and reasoning deltas (issue 12).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import httpx
 import pytest
 
-from tests.conftest import Client, Gateway
+from tests.conftest import Client, Gateway, GatewayFactory
 from tokenwire.providers.openai import redact
 from tokenwire.testing import Script
 from tokenwire.tokens import count_text
@@ -107,3 +108,59 @@ async def test_usage_says_where_it_came_from_in_the_end_the_database_and_metrics
     estimated = ends[1]["completionTokens"] + 3
     assert f'tokenwire_completion_tokens_total{{source="estimated"}} {estimated}.0' in metrics
     assert rest.json()[1]["usageSource"] == "upstream"
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_reasoning_streams_is_saved_apart_and_never_goes_back_upstream(
+    gateway_factory: GatewayFactory, client_factory: Callable[[], Client], field: str
+) -> None:
+    # Thinking for ~2 s with no text, against a 0.6 s first-token timeout:
+    # the thinking keeps the reply alive.
+    async with gateway_factory(upstream_timeout_s=0.6, upstream_idle_timeout_s=0.6) as gw:
+        client = client_factory()
+        await client.connect(gw.url, gw.token())
+        thoughts = ["Let me ", "think… ", "über ", "hmm. "] * 2
+        gw.upstream.enqueue(
+            Script(
+                tokens=["The ", "answer"],
+                reasoning=thoughts,
+                reasoning_field=field,
+                delay_s=0.25,
+            ),
+            Script(tokens=["again"]),
+        )
+        await client.emit("chat:start", {"message": "a hard question"})
+        end = (await client.wait_for("chat:end", "chat:error", timeout=10))[1]
+        assert end["content"] == "The answer"
+        events = client.named("chat:reasoning")
+        assert "".join(e["content"] for e in events) == "".join(thoughts)
+        assert [e["offset"] for e in events] == [
+            sum(len(e["content"]) for e in events[:i]) for i in range(len(events))
+        ]
+        assert {(e["messageId"], e["conversationId"]) for e in events} == {
+            (end["messageId"], end["conversationId"])
+        }
+        # Every chat:reasoning came before the first chat:message.
+        order = client.order()
+        assert order.index("chat:message") > max(
+            i for i, name in enumerate(order) if name == "chat:reasoning"
+        )
+        saved = await gw.services.repository.get_message(end["messageId"])
+        assert saved.content == "The answer" and saved.reasoning == "".join(thoughts)
+        assert 1500 <= saved.reasoning_ms <= 5000  # 8 pieces 0.25 s apart, then the text
+
+        await client.emit(
+            "chat:start", {"message": "and now?", "conversationId": end["conversationId"]}
+        )
+        await client.wait_for("chat:end")
+        history = gw.upstream.requests[-1].messages
+        assert {"role": "assistant", "content": "The answer"} in history
+        assert not any("think" in m["content"] for m in history)
+        async with httpx.AsyncClient(base_url=gw.url) as http:
+            rest = await http.get(
+                f"/api/conversations/{end['conversationId']}/messages",
+                headers={"Authorization": f"Bearer {gw.token()}"},
+            )
+        reply = rest.json()[1]
+        assert reply["reasoning"] == "".join(thoughts) and reply["reasoningMs"] > 0
+        assert rest.json()[3]["reasoning"] is None

@@ -53,6 +53,11 @@ class Script:
     done: bool = True  # send `data: [DONE]`
     drop_after: int | None = None  # close the connection abruptly after this many tokens
     stall_after: int | None = None  # after this many tokens, go silent (until the client leaves)
+    # A reasoning model's thinking, streamed before the text, `delay_s` apart,
+    # in the delta field DeepSeek and vLLM use ("reasoning_content") or the
+    # one OpenRouter and others use ("reasoning").
+    reasoning: list[str] = field(default_factory=list)
+    reasoning_field: str = "reasoning_content"
 
     def token_list(self) -> list[str]:
         if self.tokens is not None:
@@ -202,6 +207,12 @@ class UpstreamDouble:
 
         await event(chunk({"role": "assistant", "content": ""}))
         if await pause(script.first_delay_s):
+            return
+        for index, thought in enumerate(script.reasoning):
+            if index and await pause(script.delay_s):
+                return
+            await event(chunk({script.reasoning_field: thought}))
+        if script.reasoning and await pause(script.delay_s):
             return
         tokens = script.token_list()
         for index, token in enumerate(tokens):

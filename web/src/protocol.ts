@@ -6,6 +6,7 @@
  * Order of server events for one chat:start:
  *   chat:conversation (only when a conversation is created)
  *   chat:user-message
+ *   chat:reasoning x N (a reasoning model's thinking; offset into the reasoning)
  *   chat:message x N  (offset = UTF-16 units of the reply before the chunk)
  *   exactly one of chat:end | chat:stopped | chat:error
  */
@@ -76,6 +77,15 @@ export interface ChunkEvent {
   offset: number;
 }
 
+/** A reasoning model's thinking, before (rarely between) the reply's chunks. */
+export interface ReasoningEvent {
+  messageId: string;
+  conversationId: string;
+  content: string;
+  /** UTF-16 code units of the reasoning before this piece. */
+  offset: number;
+}
+
 export type UsageSource = 'upstream' | 'estimated';
 
 export interface EndEvent {
@@ -106,6 +116,7 @@ export interface ErrorEvent extends WireError {
 export interface ServerToClientEvents {
   'chat:conversation': (data: ConversationEvent) => void;
   'chat:user-message': (data: UserMessageEvent) => void;
+  'chat:reasoning': (data: ReasoningEvent) => void;
   'chat:message': (data: ChunkEvent) => void;
   'chat:end': (data: EndEvent) => void;
   'chat:stopped': (data: StoppedEvent) => void;
@@ -150,6 +161,9 @@ export interface StoredMessage {
   completionTokens: number | null;
   /** null for replies saved before tokenwire recorded it. */
   usageSource: UsageSource | null;
+  /** A reasoning model's thinking, and how long it thought (ms); null when none. */
+  reasoning: string | null;
+  reasoningMs: number | null;
   createdAt: string;
 }
 

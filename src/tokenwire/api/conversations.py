@@ -45,6 +45,8 @@ class MessageOut(_Camel):
     prompt_tokens: int | None
     completion_tokens: int | None
     usage_source: str | None  # "upstream" | "estimated"; null before it was recorded
+    reasoning: str | None  # a reasoning model's thinking, when it streamed any
+    reasoning_ms: int | None  # how long it thought
     created_at: datetime
 
 

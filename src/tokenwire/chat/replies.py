@@ -31,6 +31,11 @@ class Reply:
     request: ChatRequest
     writer: ChunkWriter
     parts: list[str] = field(default_factory=list)
+    thoughts: list[str] = field(default_factory=list)  # reasoning, beside the reply
+    # Loop times of the first reasoning and of the first text after it:
+    # how long the model thought ("Thought for 12 s").
+    thinking_from: float | None = None
+    thinking_until: float | None = None
     task: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
     checkpointed_parts: int = 0
@@ -43,6 +48,15 @@ class Reply:
     @property
     def content(self) -> str:
         return "".join(self.parts)
+
+    @property
+    def reasoning(self) -> str | None:
+        return "".join(self.thoughts) if self.thoughts else None
+
+    def thinking_ms(self, now: float) -> int | None:
+        if self.thinking_from is None:
+            return None
+        return round(((self.thinking_until or now) - self.thinking_from) * 1000)
 
     def cancel(self, reason: StopReason) -> None:
         """Stop generating. Once the reply is being saved it is left to finish:

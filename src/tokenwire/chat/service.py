@@ -39,7 +39,7 @@ from tokenwire.errors import (
     error_payload,
 )
 from tokenwire.metrics import Metrics
-from tokenwire.providers import ChatRequest, Provider, StreamEnd, Usage
+from tokenwire.providers import ChatRequest, Provider, Reasoning, StreamEnd, Usage
 from tokenwire.storage import FinishedReply, MessageStatus, Repository, Turn
 from tokenwire.storage.models import new_id, utcnow
 from tokenwire.tokens import count_messages, count_text, trim_history
@@ -278,13 +278,25 @@ class ChatService:
                 async for item in stream:
                     if type(item) is str:
                         now = loop.time()
-                        first = deadline.last is None
+                        first = not parts
                         deadline.touch(now)
                         parts.append(item)
                         await writer.write(item)
                         if first:
                             self.metrics.first_token(now - started)
                             reply.first_token.set()
+                            if reply.thinking_from is not None:
+                                reply.thinking_until = now
+                    elif isinstance(item, Reasoning):
+                        # Thinking is output: it keeps the reply within
+                        # UPSTREAM_IDLE_TIMEOUT_S, and the turn may be written.
+                        now = loop.time()
+                        deadline.touch(now)
+                        if reply.thinking_from is None:
+                            reply.thinking_from = now
+                        reply.thoughts.append(item)
+                        await writer.think(str(item))
+                        reply.first_token.set()
                     elif isinstance(item, StreamEnd):
                         end = item
         finally:
@@ -305,6 +317,7 @@ class ChatService:
         content = reply.content
         finish_reason = end.finish_reason if end is not None else status.value
         usage, usage_source = _usage(reply, end, content, finish_reason)
+        reasoning = reply.reasoning
         model = (end.model if end is not None and end.model else None) or reply.request.model
         await self._save(
             reply.message_id,
@@ -316,6 +329,8 @@ class ChatService:
                 usage.prompt_tokens,
                 usage.completion_tokens,
                 usage_source,
+                reasoning,
+                reply.thinking_ms(asyncio.get_running_loop().time()),
             ),
         )
         self.metrics.reply_finished(
@@ -459,5 +474,9 @@ def _usage(
     """
     if end is not None and end.usage is not None:
         return end.usage, "upstream"
-    completion = reply.request.max_tokens if finish_reason == "length" else count_text(content)
+    if finish_reason == "length":
+        completion = reply.request.max_tokens
+    else:
+        # Reasoning tokens are completion tokens too (OpenAI counts them so).
+        completion = count_text(content) + (count_text(reply.reasoning or ""))
     return Usage(count_messages(reply.request.messages), completion), "estimated"

@@ -11,6 +11,11 @@ fewer frames, less CPU per token. The first chunk, and any chunk after a beat
 passed with nothing sent, goes at once, so coalescing never delays the first
 token.
 
+A reasoning model's thinking goes out as `chat:reasoning` events, with
+their own `offset` into the reasoning text, as it arrives; it never starts
+the beat, so the first text after it goes out at once too. Thinking that
+arrives while the client lags waits, joined, for the next send.
+
 A client that stops reading must not grow the server's memory: when the
 socket's send queue (`Sink.backlog`) holds frames, new text is coalesced into
 one pending chunk sent every 50 ms at most; past MAX_SOCKET_BACKLOG frames the
@@ -69,9 +74,11 @@ class ChunkWriter:
         "_loop",
         "_message_id",
         "_pending",
+        "_thinking",
         "_timer",
         "emit",
         "sent",
+        "thought",
     )
 
     def __init__(
@@ -82,6 +89,8 @@ class ChunkWriter:
         self._disconnect = sink.disconnect if sink is not None else None
         self._max_backlog = sink.max_backlog if sink is not None else 0
         self.sent = 0  # UTF-16 units already sent
+        self.thought = 0  # UTF-16 units of reasoning already sent
+        self._thinking: list[str] = []  # reasoning not sent yet
         self._message_id = message_id
         self._conversation_id = conversation_id
         self._flush_s = flush_s
@@ -92,9 +101,27 @@ class ChunkWriter:
         self._flusher: asyncio.Task[None] | None = None
         self._held = True  # until the turn is announced: chat:user-message comes first
 
+    async def think(self, text: str) -> None:
+        """Send a piece of the model's reasoning (chat:reasoning), at once unless the client lags."""
+        if self.emit is None:
+            return
+        self._thinking.append(text)
+        if self._held:
+            return
+        if self._backlog is not None:
+            depth = self._backlog()
+            if depth >= self._max_backlog:
+                await self._overflow()
+                return
+            if depth >= _CONGESTED_AT:
+                return  # goes with the next send, joined
+        await self._send_thinking()
+
     async def write(self, text: str) -> None:
         if self.emit is None:
             return
+        if self._thinking and not self._held:
+            await self._send_thinking()  # thinking comes before the text that follows it
         if self._held:
             self._pending.append(text)
             return
@@ -124,6 +151,8 @@ class ChunkWriter:
     async def release(self) -> None:
         """The turn is announced: chunks may flow (held ones go at once)."""
         self._held = False
+        if self._thinking and self.emit is not None:
+            await self._send_thinking()
         if self._pending and self.emit is not None:
             await self._send_pending()
 
@@ -134,6 +163,8 @@ class ChunkWriter:
             self._timer = None
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
+        if self._thinking and self.emit is not None:
+            await self._send_thinking()
         if self._pending and self.emit is not None:
             await self._send_pending()
 
@@ -141,6 +172,7 @@ class ChunkWriter:
         """The socket is gone: stop sending; the reply itself carries on."""
         self.emit = None
         self._pending.clear()
+        self._thinking.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -168,6 +200,21 @@ class ChunkWriter:
         text = self._pending[0] if len(self._pending) == 1 else "".join(self._pending)
         self._pending.clear()
         await self._send(text)
+
+    async def _send_thinking(self) -> None:
+        text = "".join(self._thinking)
+        self._thinking.clear()
+        offset = self.thought
+        self.thought += utf16_len(text)
+        await self.event(
+            "chat:reasoning",
+            {
+                "messageId": self._message_id,
+                "conversationId": self._conversation_id,
+                "content": text,
+                "offset": offset,
+            },
+        )
 
     async def _send(self, text: str) -> None:
         if self.emit is None:

@@ -2,6 +2,8 @@
 
 A provider turns a `ChatRequest` into an async stream of text deltas (plain
 `str`, the hot path: no object per token) closed by exactly one `StreamEnd`.
+A reasoning model's thinking comes as `Reasoning`, a `str` subclass, so the
+text path still checks one exact type.
 Failures are raised as `errors.UpstreamError` subclasses; providers never
 touch storage or sockets.
 """
@@ -12,7 +14,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["ChatMessage", "ChatRequest", "Provider", "StreamEnd", "Usage"]
+__all__ = ["ChatMessage", "ChatRequest", "Provider", "Reasoning", "StreamEnd", "Usage"]
 
 ChatMessage = dict[str, str]  # {"role": ..., "content": ...}, as OpenAI's API takes it
 
@@ -38,9 +40,15 @@ class StreamEnd:
     model: str | None = None
 
 
+class Reasoning(str):
+    """A piece of the model's thinking: shown and saved beside the reply, never sent back."""
+
+    __slots__ = ()
+
+
 class Provider(Protocol):
     name: str
 
     def stream(self, request: ChatRequest) -> AsyncGenerator[str | StreamEnd, None]:
-        """Yield text deltas, then one `StreamEnd`; raise `UpstreamError` on failure."""
+        """Yield text deltas (and `Reasoning`), then one `StreamEnd`; raise `UpstreamError` on failure."""
         ...

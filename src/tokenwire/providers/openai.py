@@ -31,7 +31,7 @@ import orjson
 
 from tokenwire.errors import UpstreamError, UpstreamRateLimited
 from tokenwire.pacing import Beat
-from tokenwire.providers.base import ChatRequest, StreamEnd, Usage
+from tokenwire.providers.base import ChatRequest, Reasoning, StreamEnd, Usage
 from tokenwire.providers.sse import SSEDecoder
 
 __all__ = ["OpenAIProvider"]
@@ -112,6 +112,11 @@ class OpenAIProvider:
                     chunk = await content_stream.readany()
                     state.received += len(chunk)
                     texts = state.take(decoder.feed(chunk) if chunk else decoder.close())
+                    if state.thoughts:
+                        # Thinking does not start the beat: the first text
+                        # after it must still go out at once.
+                        yield Reasoning("".join(state.thoughts))
+                        state.thoughts.clear()
                     if texts:
                         yield texts[0] if len(texts) == 1 else "".join(texts)
                         paced = True
@@ -194,6 +199,7 @@ class _Completion:
         "received",
         "seen_data",
         "texts",
+        "thoughts",
         "usage",
     )
 
@@ -209,6 +215,7 @@ class _Completion:
         self.events = 0
         self.texts = 0
         self.last_event = b""
+        self.thoughts: list[str] = []  # reasoning deltas of the current read
 
     def broken(
         self, where: str, *, body: bytes | None = None, message: str | None = None
@@ -257,6 +264,14 @@ class _Completion:
                     if text:
                         texts.append(text)
                         self.texts += 1
+                    else:
+                        # Thinking comes in deltas without text: DeepSeek,
+                        # vLLM's reasoning parsers and llama.cpp
+                        # --reasoning-format send `reasoning_content`, others
+                        # `reasoning`. Text deltas skip both look-ups.
+                        thought = delta.get("reasoning_content") or delta.get("reasoning")
+                        if thought and isinstance(thought, str):
+                            self.thoughts.append(thought)
                 if choice.get("finish_reason"):
                     self.finish_reason = choice["finish_reason"]
             if parsed.get("usage"):

@@ -100,6 +100,10 @@ class Message(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # "upstream" (the model server reported it) or "estimated" (counted here).
     usage_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # A reasoning model's thinking, and how long it thought. Shown beside the
+    # reply, never part of the history sent upstream.
+    reasoning: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reasoning_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # The process that generates (or generated) the reply; see `Node`.

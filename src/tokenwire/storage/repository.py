@@ -73,6 +73,8 @@ class FinishedReply:
     prompt_tokens: int | None
     completion_tokens: int | None
     usage_source: str | None = None
+    reasoning: str | None = None
+    reasoning_ms: int | None = None
 
 
 def _storable(text: str) -> str:
@@ -139,6 +141,8 @@ _FINISH = (
         prompt_tokens=bindparam("b_prompt"),
         completion_tokens=bindparam("b_completion"),
         usage_source=bindparam("b_usage_source"),
+        reasoning=bindparam("b_reasoning"),
+        reasoning_ms=bindparam("b_reasoning_ms"),
         updated_at=bindparam("b_now"),
     )
 )
@@ -279,6 +283,8 @@ class Repository:
             "b_prompt": reply.prompt_tokens,
             "b_completion": reply.completion_tokens,
             "b_usage_source": reply.usage_source,
+            "b_reasoning": None if reply.reasoning is None else _storable(reply.reasoning),
+            "b_reasoning_ms": reply.reasoning_ms,
             "b_now": utcnow(),
         }
         await self.db.run(lambda conn: conn.execute(_FINISH, values))
