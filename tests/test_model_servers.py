@@ -13,10 +13,11 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.conftest import Client, Gateway, GatewayFactory
+from tests.conftest import Client, Gateway, GatewayFactory, make_settings
+from tokenwire.config import SettingsError
 from tokenwire.providers.openai import redact
 from tokenwire.testing import Script
-from tokenwire.tokens import count_text
+from tokenwire.tokens import count_messages, count_text
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -164,3 +165,94 @@ async def test_reasoning_streams_is_saved_apart_and_never_goes_back_upstream(
         reply = rest.json()[1]
         assert reply["reasoning"] == "".join(thoughts) and reply["reasoningMs"] > 0
         assert rest.json()[3]["reasoning"] is None
+
+
+async def test_a_message_that_cannot_fit_the_context_is_refused_before_the_upstream(
+    gateway_factory: GatewayFactory, client_factory: Callable[[], Client]
+) -> None:
+    async with gateway_factory(model_context="other=9,gpt-4=100") as gw:
+        client = client_factory()
+        await client.connect(gw.url, gw.token())
+        ack = await client.call("chat:start", {"message": "word " * 150})
+        assert ack["ok"] is False and ack["error"]["code"] == "VALIDATION_ERROR"
+        assert "too long for this model" in ack["error"]["message"]
+        error = (await client.wait_for("chat:error"))[1]
+        assert error["code"] == "VALIDATION_ERROR"
+        assert gw.upstream.requests == [] and gw.upstream.model_requests == 0
+        # Nothing else changed: a message that fits is answered.
+        await client.emit("chat:start", {"message": "short"})
+        end = (await client.wait_for("chat:end"))[1]
+        assert end["content"] == "".join(f"token{i} " for i in range(5))
+        assert gw.upstream.requests[0].body["max_tokens"] == 50  # half of 100, the default
+
+
+async def test_discovered_context_trims_history_and_clamps_max_tokens(
+    gateway_factory: GatewayFactory, client_factory: Callable[[], Client]
+) -> None:
+    """vLLM's /v1/models says `max_model_len`; asked once, for every turn."""
+    async with gateway_factory() as gw:
+        gw.upstream.models = {"gpt-4": {"max_model_len": 300}, "other": {}}
+        client = client_factory()
+        await client.connect(gw.url, gw.token())
+        conversation = None
+        for n in range(6):
+            gw.upstream.enqueue(Script(tokens=[f"answer {n} " * 10]))
+            payload: dict[str, object] = {"message": f"question {n} " * 10}
+            if conversation:
+                payload["conversationId"] = conversation
+            await client.emit("chat:start", payload)
+            conversation = (await client.wait_for("chat:end"))[1]["conversationId"]
+        last = gw.upstream.requests[-1]
+        assert last.body["max_tokens"] == 150  # DEFAULT_MAX_TOKENS 4096, halved to fit 300
+        sent = last.messages
+        assert sent[-1]["content"] == "question 5 " * 10
+        assert count_messages(sent) <= 300 - 150  # the history that fits, and no more
+        assert 2 < len(sent) < 11  # some history kept, the oldest dropped
+        assert gw.upstream.model_requests == 1
+
+        # An explicit maxTokens is clamped to the room the message leaves.
+        await client.emit("chat:start", {"message": "one more", "maxTokens": 4000})
+        await client.wait_for("chat:end")
+        assert gw.upstream.requests[-1].body["max_tokens"] == 300 - count_messages(
+            [{"role": "user", "content": "one more"}]
+        )
+
+
+async def test_llama_cpp_context_comes_from_props_and_its_overflow_says_too_long(
+    gateway_factory: GatewayFactory, client_factory: Callable[[], Client]
+) -> None:
+    """llama.cpp lists `meta.n_ctx_train` and runs with /props' n_ctx, which may be smaller."""
+    async with gateway_factory() as gw:
+        gw.upstream.models = {"gpt-4": {"meta": {"n_ctx_train": 32768, "n_vocab": 262144}}}
+        gw.upstream.props = {"default_generation_settings": {"n_ctx": 200}}
+        client = client_factory()
+        await client.connect(gw.url, gw.token())
+        ack = await client.call("chat:start", {"message": "word " * 300})
+        assert ack["ok"] is False and "too long for this model" in ack["error"]["message"]
+        assert gw.upstream.requests == []
+
+
+async def test_unknown_context_changes_nothing_and_a_failed_discovery_is_tolerated(
+    gateway_factory: GatewayFactory, client_factory: Callable[[], Client]
+) -> None:
+    async with gateway_factory() as gw:
+        gw.upstream.models = None  # /v1/models answers 500
+        # The model server itself rejects long prompts the llama.cpp way.
+        gw.upstream.context_words = 100
+        client = client_factory()
+        await client.connect(gw.url, gw.token())
+        await client.emit("chat:start", {"message": "hello"})
+        await client.wait_for("chat:end")
+        assert gw.upstream.requests[-1].body["max_tokens"] == 4096
+        await client.emit("chat:start", {"message": "word " * 150})
+        error = (await client.wait_for("chat:error"))[1]
+        assert error["code"] == "UPSTREAM_ERROR" and "too long" in error["message"]
+        assert gw.upstream.model_requests == 1  # not asked again for every turn
+
+
+def test_model_context_is_parsed_and_bad_entries_name_the_variable() -> None:
+    settings = make_settings(model_context="llama3.2=8192, org/model:q4=2048")
+    assert settings.model_context == {"llama3.2": 8192, "org/model:q4": 2048}
+    for bad in ("llama3.2", "llama3.2=lots", "=100", "m=0"):
+        with pytest.raises(SettingsError, match="MODEL_CONTEXT"):
+            make_settings(model_context=bad)

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     system_prompt: str = ""
     max_message_chars: int = Field(32000, ge=1)
     history_max_tokens: int = Field(8000, ge=1)
+    # Each model's context window in tokens, `name=tokens,...`; models not
+    # named are asked of the upstream's /v1/models.
+    model_context: Annotated[dict[str, int], NoDecode] = {}
     upstream_timeout_s: float = Field(60, gt=0)
     upstream_idle_timeout_s: float = Field(60, gt=0)
     upstream_retries: int = Field(2, ge=0, le=10)
@@ -106,6 +109,23 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator("model_context", mode="before")
+    @classmethod
+    def _model_context(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        windows: dict[str, int] = {}
+        for part in _split_csv(value):
+            name, _, size = part.rpartition("=")
+            try:
+                tokens = int(size)
+            except ValueError:
+                tokens = 0
+            if not name.strip() or tokens < 1:
+                raise ValueError(f"{part!r} is not 'model=tokens' (e.g. llama3.2=8192)")
+            windows[name.strip()] = tokens
+        return windows
 
     @field_validator("openai_base_url")
     @classmethod

@@ -89,6 +89,18 @@ class UpstreamDouble:
         self.scripts: deque[Script] = deque()
         self.requests: list[UpstreamRequest] = []
         self.active = 0
+        # What /v1/models lists, with any extra fields per model (vLLM's
+        # `max_model_len`, llama.cpp's `meta`); `props` is llama.cpp's /props.
+        # None: /v1/models fails with HTTP 500.
+        self.models: dict[str, dict[str, Any]] | None = {"gpt-4": {}}
+        self.props: dict[str, Any] | None = None
+        self.model_requests = 0
+        # Like llama.cpp: a prompt of more words than this gets HTTP 200 and an empty body.
+        self.context_words: int | None = None
+        # Like llama.cpp and Ollama: serve this many requests at once; the rest wait.
+        self.max_concurrency: int | None = None
+        self.peak_active = 0
+        self._slots: asyncio.Semaphore | None = None
 
     def enqueue(self, *scripts: Script) -> None:
         self.scripts.extend(scripts)
@@ -108,9 +120,15 @@ class UpstreamDouble:
             if not message.get("more_body"):
                 break
         if scope["path"].rstrip("/").endswith("/models"):
-            await _send_json(
-                send, 200, {"object": "list", "data": [{"id": "gpt-4", "object": "model"}]}
-            )
+            self.model_requests += 1
+            if self.models is None:
+                await _send_json(send, 500, {"error": {"message": "no models here"}})
+                return
+            data = [{"id": name, "object": "model", **extra} for name, extra in self.models.items()]
+            await _send_json(send, 200, {"object": "list", "data": data})
+            return
+        if scope["path"].rstrip("/") == "/props" and self.props is not None:
+            await _send_json(send, 200, self.props)
             return
         if not scope["path"].rstrip("/").endswith("/chat/completions") or scope["method"] != "POST":
             await _send_json(send, 404, {"error": {"message": "not found"}})
@@ -124,12 +142,18 @@ class UpstreamDouble:
         request = UpstreamRequest(parsed, headers)
         self.requests.append(request)
         script = self.scripts.popleft() if self.scripts else self.default
-        self.active += 1
-        try:
-            await self._respond(script, request, receive, send)
-        finally:
-            self.active -= 1
-            request.finished.set()
+        if self.context_words is not None and _words(request) > self.context_words:
+            script = Script(empty=True)
+        if self.max_concurrency is not None and self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrency)
+        async with self._slots or contextlib.nullcontext():
+            self.active += 1
+            self.peak_active = max(self.peak_active, self.active)
+            try:
+                await self._respond(script, request, receive, send)
+            finally:
+                self.active -= 1
+                request.finished.set()
 
     async def _respond(
         self, script: Script, request: UpstreamRequest, receive: Receive, send: Send
@@ -230,7 +254,7 @@ class UpstreamDouble:
         if script.finish_reason is not None:
             await event(chunk({}, script.finish_reason))
         if script.usage:
-            prompt = sum(len(str(m.get("content", "")).split()) for m in request.messages)
+            prompt = _words(request)
             await event(
                 {
                     "id": ident,
@@ -248,6 +272,11 @@ class UpstreamDouble:
         if script.done:
             await event("[DONE]")
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _words(request: UpstreamRequest) -> int:
+    """The double's token count of a prompt: its words."""
+    return sum(len(str(m.get("content", "")).split()) for m in request.messages)
 
 
 async def _send_json(

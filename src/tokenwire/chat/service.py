@@ -36,6 +36,7 @@ from tokenwire.errors import (
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
+    ValidationFailed,
     error_payload,
 )
 from tokenwire.metrics import Metrics
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 _SAVE_ATTEMPTS = 5
 _WRITE_AFTER_S = 0.05  # longest a turn waits for its first token before it is written
+_MIN_REPLY_TOKENS = 16  # less room than this for the reply: "too long for this model"
 
 
 @dataclass(slots=True, frozen=True)
@@ -118,6 +120,9 @@ class ChatService:
         model = chat.model or self.settings.default_model
         if not self.settings.model_allowed(model):
             raise InvalidModel(f"The model '{model[:100]}' is not available here.")
+        latest = {"role": "user", "content": chat.message}
+        # Before the rate limit: a message refused as too long costs nothing.
+        max_tokens, budget = await self._fit(model, latest, chat.max_tokens)
         await self.limits.check_start(user_id, self.replies.count_for_user(user_id))
         turn = Turn.new(chat.conversation_id)
         history = (
@@ -128,11 +133,10 @@ class ChatService:
         if sid is not None and self.replies.for_sid(sid) is not None:
             raise Busy()  # a second chat:start on this socket got here first
 
-        latest = {"role": "user", "content": chat.message}
         request = ChatRequest(
             model=model,
-            messages=trim_history(self._system, history, latest, self.settings.history_max_tokens),
-            max_tokens=chat.max_tokens or self.settings.default_max_tokens,
+            messages=trim_history(self._system, history, latest, budget),
+            max_tokens=max_tokens,
             temperature=(
                 self.settings.default_temperature if chat.temperature is None else chat.temperature
             ),
@@ -184,6 +188,36 @@ class ChatService:
             },
         )
         return Started(turn.conversation_id, turn.user_message_id, turn.assistant_message_id)
+
+    async def _fit(self, model: str, latest: dict[str, str], asked: int | None) -> tuple[int, int]:
+        """The reply's max_tokens and the prompt's token budget, within the model's context.
+
+        With the context window known (MODEL_CONTEXT, else the upstream's
+        /v1/models), the reply gets at most what the system prompt and the
+        new message leave; a default max_tokens at most half the window, so
+        the other half can carry history. History then fills what the reply
+        leaves, up to HISTORY_MAX_TOKENS. A message that leaves the reply
+        fewer than _MIN_REPLY_TOKENS is refused before the upstream is asked:
+        llama.cpp answers it with an empty body, others with a 400. Counts
+        are cl100k_base's, an estimate for other model families.
+        """
+        max_tokens = asked or self.settings.default_max_tokens
+        budget = self.settings.history_max_tokens
+        context = self.settings.model_context.get(model) or await self.provider.context_window(
+            model
+        )
+        if context is None:
+            return max_tokens, budget
+        room = context - count_messages([*self._system, latest])
+        if room < _MIN_REPLY_TOKENS:
+            raise ValidationFailed(
+                f"The message is too long for this model: it reads at most {context} tokens "
+                "in all. Please shorten it."
+            )
+        if asked is None:
+            max_tokens = min(max_tokens, max(context // 2, _MIN_REPLY_TOKENS))
+        max_tokens = min(max_tokens, room)
+        return max_tokens, min(budget, context - max_tokens)
 
     async def _announce(self, turn: Turn, text: str, writer: ChunkWriter) -> None:
         """chat:conversation (for a new one) and chat:user-message, before any chunk."""

@@ -49,6 +49,10 @@ class Reasoning(str):
 class Provider(Protocol):
     name: str
 
+    async def context_window(self, model: str) -> int | None:
+        """The model's context window in tokens, if the upstream says; None when unknown."""
+        ...
+
     def stream(self, request: ChatRequest) -> AsyncGenerator[str | StreamEnd, None]:
         """Yield text deltas (and `Reasoning`), then one `StreamEnd`; raise `UpstreamError` on failure."""
         ...

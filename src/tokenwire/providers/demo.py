@@ -36,6 +36,9 @@ class DemoProvider:
     def __init__(self, tokens_per_s: float = 40.0) -> None:
         self._delay = 1.0 / tokens_per_s
 
+    async def context_window(self, model: str) -> int | None:  # noqa: ARG002 - the Provider protocol
+        return None  # the demo model reads anything
+
     async def stream(self, request: ChatRequest) -> AsyncGenerator[str | StreamEnd, None]:
         last = request.messages[-1]["content"] if request.messages else ""
         excerpt = " ".join(last.split())

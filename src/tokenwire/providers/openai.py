@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import math
 import random
 import re
 import time
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 _RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 _MAX_RETRY_AFTER_S = 10.0  # longer waits go back to the user as RATE_LIMIT
+_WINDOWS_TTL_S = 600.0  # how long discovered context windows are trusted
+_WINDOWS_RETRY_S = 60.0  # after a failed discovery
+_DISCOVERY_TIMEOUT = aiohttp.ClientTimeout(total=5)  # for /models and /props
 _EMPTY_BODY = (
     "The model server sent back an empty reply. The conversation may be too long "
     "for this model: start a new one or send a shorter message."
@@ -66,8 +70,90 @@ class OpenAIProvider:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._retries = retries
         self._backoff_s = backoff_s
+        self._models_url = f"{base_url.rstrip('/')}/models"
+        self._props_url = f"{base_url.rstrip('/').removesuffix('/v1')}/props"
+        self._windows: dict[str, int] = {}
+        self._windows_until = -math.inf  # monotonic time the discovered windows expire
+        self._discovery: asyncio.Task[None] | None = None
         # Reads after the first text wait for the shared beat (tokenwire.pacing).
         self._beat = Beat(pace_s) if pace_s > 0 else None
+
+    async def context_window(self, model: str) -> int | None:
+        """The model's context window as the upstream's /v1/models reports it; None if it does not.
+
+        vLLM says `max_model_len`; llama.cpp's server `meta.n_ctx_train`, and
+        the context it actually runs with in `/props`
+        (`default_generation_settings.n_ctx`), the smaller of the two being
+        the one that counts; LM Studio and OpenRouter say `context_length`.
+        OpenAI's API and llama-cpp-python say nothing (set MODEL_CONTEXT).
+        One request serves every model and turn for _WINDOWS_TTL_S; a failed
+        one is tolerated (unknown) and tried again after _WINDOWS_RETRY_S.
+        """
+        if time.monotonic() >= self._windows_until:
+            first = self._windows_until == -math.inf
+            if self._discovery is None:
+                self._discovery = asyncio.create_task(self._discover())
+            if first:
+                # Shielded: a turn that is cancelled leaves the look-up to the others.
+                await asyncio.shield(self._discovery)
+            # Later refreshes run behind the turns, which use what was known.
+        return self._windows.get(model)
+
+    async def _discover(self) -> None:
+        try:
+            windows = await self._fetch_windows()
+            self._windows_until = time.monotonic() + _WINDOWS_TTL_S
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning(
+                "could not learn the models' context windows from %s: %s (set MODEL_CONTEXT)",
+                self._models_url,
+                type(exc).__name__,
+            )
+            windows = {}
+            self._windows_until = time.monotonic() + _WINDOWS_RETRY_S
+        finally:
+            self._discovery = None
+        self._windows = windows
+
+    async def _fetch_windows(self) -> dict[str, int]:
+        async with self._client.get(
+            self._models_url, headers=self._headers, timeout=_DISCOVERY_TIMEOUT
+        ) as response:
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status}")
+            listed: Any = orjson.loads(await response.read())
+        entries = listed.get("data") if isinstance(listed, dict) else None
+        windows: dict[str, int] = {}
+        llama_cpp = False
+        for entry in entries if isinstance(entries, list) else ():
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                continue
+            meta = entry.get("meta")
+            meta = meta if isinstance(meta, dict) else {}
+            size = _tokens(entry.get("max_model_len")) or _tokens(entry.get("context_length"))
+            if size is None and (size := _tokens(meta.get("n_ctx_train"))) is not None:
+                llama_cpp = True
+            if size is not None:
+                windows[entry["id"]] = size
+        if llama_cpp:
+            running = await self._llama_cpp_context()
+            if running is not None:
+                windows = {name: min(size, running) for name, size in windows.items()}
+        return windows
+
+    async def _llama_cpp_context(self) -> int | None:
+        """llama.cpp's running context (`-c`), which may be smaller than the model's n_ctx_train."""
+        try:
+            async with self._client.get(
+                self._props_url, headers=self._headers, timeout=_DISCOVERY_TIMEOUT
+            ) as response:
+                if response.status != 200:
+                    return None
+                props: Any = orjson.loads(await response.read())
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+        return _tokens(settings.get("n_ctx")) if isinstance(settings, dict) else None
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[str | StreamEnd, None]:
         """Deltas of one completion: all that one read brought, joined; then one `StreamEnd`.
@@ -277,6 +363,10 @@ class _Completion:
             if parsed.get("usage"):
                 self.usage = _usage(parsed["usage"])
         return texts
+
+
+def _tokens(value: Any) -> int | None:
+    return value if type(value) is int and value > 0 else None
 
 
 def _usage(raw: Any) -> Usage | None:
