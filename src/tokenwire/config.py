@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     upstream_timeout_s: float = Field(60, gt=0)
     upstream_idle_timeout_s: float = Field(60, gt=0)
     upstream_retries: int = Field(2, ge=0, le=10)
+    # Replies talking to the upstream at once (llama.cpp, Ollama: 1); the
+    # rest wait in line, at most UPSTREAM_QUEUE_TIMEOUT_S. None: no limit.
+    upstream_max_concurrency: int | None = Field(None, ge=1)
+    upstream_queue_timeout_s: float = Field(300, gt=0)
     demo_tokens_per_s: float = Field(40, gt=0)
 
     # --- streaming

@@ -45,6 +45,7 @@ class Metrics:
     connections: Callable[[], int] = lambda: 0
     streaming: Callable[[], int] = lambda: 0
     live_tokens: Callable[[], int] = lambda: 0
+    queued: Callable[[], int] = lambda: 0
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
@@ -55,6 +56,11 @@ class Metrics:
         Gauge(
             "tokenwire_replies_streaming", "Replies streaming right now", registry=r
         ).set_function(lambda: self.streaming())
+        Gauge(
+            "tokenwire_replies_queued",
+            "Replies waiting for the upstream (UPSTREAM_MAX_CONCURRENCY)",
+            registry=r,
+        ).set_function(lambda: self.queued())
         self._started = Counter(
             "tokenwire_replies_started", "Replies started", ["model"], registry=r
         )

@@ -6,6 +6,7 @@
  * Order of server events for one chat:start:
  *   chat:conversation (only when a conversation is created)
  *   chat:user-message
+ *   chat:queued x N   (only while waiting for the model server; position 0 last)
  *   chat:reasoning x N (a reasoning model's thinking; offset into the reasoning)
  *   chat:message x N  (offset = UTF-16 units of the reply before the chunk)
  *   exactly one of chat:end | chat:stopped | chat:error
@@ -77,6 +78,13 @@ export interface ChunkEvent {
   offset: number;
 }
 
+/** With UPSTREAM_MAX_CONCURRENCY: the reply waits for the model server (1 = next; 0 = it goes now). */
+export interface QueuedEvent {
+  messageId: string;
+  conversationId: string;
+  position: number;
+}
+
 /** A reasoning model's thinking, before (rarely between) the reply's chunks. */
 export interface ReasoningEvent {
   messageId: string;
@@ -116,6 +124,7 @@ export interface ErrorEvent extends WireError {
 export interface ServerToClientEvents {
   'chat:conversation': (data: ConversationEvent) => void;
   'chat:user-message': (data: UserMessageEvent) => void;
+  'chat:queued': (data: QueuedEvent) => void;
   'chat:reasoning': (data: ReasoningEvent) => void;
   'chat:message': (data: ChunkEvent) => void;
   'chat:end': (data: EndEvent) => void;
@@ -161,7 +170,14 @@ export interface StoredMessage {
   completionTokens: number | null;
   /** null for replies saved before tokenwire recorded it. */
   usageSource: UsageSource | null;
-  /** A reasoning model's thinking, and how long it thought (ms); null when none. */
+  /** With UPSTREAM_MAX_CONCURRENCY: the reply waits for the model server (1 = next; 0 = it goes now). */
+export interface QueuedEvent {
+  messageId: string;
+  conversationId: string;
+  position: number;
+}
+
+/** A reasoning model's thinking, and how long it thought (ms); null when none. */
   reasoning: string | null;
   reasoningMs: number | null;
   createdAt: string;

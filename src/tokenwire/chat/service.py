@@ -25,6 +25,7 @@ from typing import Any
 
 from tokenwire.chat.deadline import Deadline
 from tokenwire.chat.limits import Limits
+from tokenwire.chat.queue import UpstreamQueue
 from tokenwire.chat.replies import Reply, ReplyRegistry
 from tokenwire.chat.writer import ChunkWriter, Sink
 from tokenwire.config import Settings
@@ -95,6 +96,8 @@ class ChatService:
         self.replies = ReplyRegistry()
         self.metrics = metrics or Metrics()
         self.metrics.streaming = self.replies.__len__
+        self.queue = UpstreamQueue(settings.upstream_max_concurrency)
+        self.metrics.queued = lambda: self.queue.waiting
         # Running replies are counted by characters sent (about 4 per token);
         # finished ones by their exact usage.
         self.metrics.live_tokens = lambda: sum(r.writer.sent for r in self.replies) // 4
@@ -277,6 +280,8 @@ class ChatService:
                 status, error = MessageStatus.INTERRUPTED, ServerShutdown()
         except UpstreamError as exc:
             status, error = MessageStatus.ERROR, exc
+        except ServerShutdown as exc:  # shut down while waiting in line
+            status, error = MessageStatus.INTERRUPTED, exc
         except Exception as exc:
             log.exception("reply failed unexpectedly")
             status, error = MessageStatus.ERROR, TokenwireError()
@@ -298,6 +303,36 @@ class ChatService:
             self.replies.remove(reply)
 
     async def _pump(self, reply: Reply) -> StreamEnd:
+        queued = not self.queue.try_acquire()
+        if queued:
+            await self._wait_in_line(reply)
+        try:
+            if queued:  # out of the line: the request goes out now
+                await reply.writer.notice("chat:queued", {**_ids(reply), "position": 0})
+            return await self._generate(reply)
+        finally:
+            self.queue.release()
+
+    async def _wait_in_line(self, reply: Reply) -> None:
+        """UPSTREAM_MAX_CONCURRENCY replies are running: wait for a slot, telling the client.
+
+        The wait has its own limit, UPSTREAM_QUEUE_TIMEOUT_S; UPSTREAM_TIMEOUT_S
+        starts when the request goes out. A client that leaves does not
+        leave the line: its reply is generated and saved, as always.
+        """
+
+        async def tell(position: int) -> None:
+            await reply.writer.notice("chat:queued", {**_ids(reply), "position": position})
+
+        try:
+            async with asyncio.timeout(self.settings.upstream_queue_timeout_s):
+                await self.queue.acquire(tell)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                "The AI model is busy with other requests. Please try again in a while."
+            ) from None
+
+    async def _generate(self, reply: Reply) -> StreamEnd:
         loop = asyncio.get_running_loop()
         parts, writer = reply.parts, reply.writer
         end: StreamEnd | None = None
@@ -484,6 +519,7 @@ class ChatService:
     async def shutdown(self, grace_s: float) -> None:
         """Refuse new replies, let running ones finish for `grace_s`, then interrupt the rest."""
         self.accepting = False
+        self.queue.close()  # replies still waiting for the upstream end now, interrupted
         tasks = [r.task for r in self.replies if r.task is not None]
         if tasks:
             log.info("waiting up to %.0fs for %d running replies", grace_s, len(tasks))
@@ -514,3 +550,7 @@ def _usage(
         # Reasoning tokens are completion tokens too (OpenAI counts them so).
         completion = count_text(content) + (count_text(reply.reasoning or ""))
     return Usage(count_messages(reply.request.messages), completion), "estimated"
+
+
+def _ids(reply: Reply) -> dict[str, str]:
+    return {"messageId": reply.message_id, "conversationId": reply.conversation_id}

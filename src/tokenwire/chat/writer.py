@@ -73,6 +73,7 @@ class ChunkWriter:
         "_last_send",
         "_loop",
         "_message_id",
+        "_notices",
         "_pending",
         "_thinking",
         "_timer",
@@ -91,6 +92,7 @@ class ChunkWriter:
         self.sent = 0  # UTF-16 units already sent
         self.thought = 0  # UTF-16 units of reasoning already sent
         self._thinking: list[str] = []  # reasoning not sent yet
+        self._notices: list[tuple[str, dict[str, Any]]] = []  # events held until release
         self._message_id = message_id
         self._conversation_id = conversation_id
         self._flush_s = flush_s
@@ -151,6 +153,9 @@ class ChunkWriter:
     async def release(self) -> None:
         """The turn is announced: chunks may flow (held ones go at once)."""
         self._held = False
+        notices, self._notices = self._notices, []
+        for name, payload in notices:
+            await self.event(name, payload)
         if self._thinking and self.emit is not None:
             await self._send_thinking()
         if self._pending and self.emit is not None:
@@ -232,6 +237,13 @@ class ChunkWriter:
                 "offset": offset,
             },
         )
+
+    async def notice(self, name: str, payload: dict[str, Any]) -> None:
+        """An event about the reply that must not overtake chat:user-message (chat:queued)."""
+        if self._held:
+            self._notices.append((name, payload))
+        else:
+            await self.event(name, payload)
 
     async def event(self, name: str, payload: dict[str, Any]) -> None:
         """Send one event of this reply to its socket, if it still has one."""
