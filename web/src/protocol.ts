@@ -170,14 +170,7 @@ export interface StoredMessage {
   completionTokens: number | null;
   /** null for replies saved before tokenwire recorded it. */
   usageSource: UsageSource | null;
-  /** With UPSTREAM_MAX_CONCURRENCY: the reply waits for the model server (1 = next; 0 = it goes now). */
-export interface QueuedEvent {
-  messageId: string;
-  conversationId: string;
-  position: number;
-}
-
-/** A reasoning model's thinking, and how long it thought (ms); null when none. */
+  /** A reasoning model's thinking, and how long it thought (ms); null when none. */
   reasoning: string | null;
   reasoningMs: number | null;
   createdAt: string;
