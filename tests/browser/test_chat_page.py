@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from playwright.async_api import Locator, Page, expect
 
 from tests.browser.conftest import BROWSER, PHONE, PageFactory
-from tests.conftest import Gateway
+from tests.conftest import Client, Gateway
 from tokenwire.testing import Script
 
 pytestmark = BROWSER
@@ -284,3 +284,56 @@ async def test_dark_scheme_is_followed_and_the_toggle_switches(
     assert await background() == "rgb(255, 255, 255)"
     await page.reload()
     assert await background() == "rgb(255, 255, 255)"
+
+
+async def test_reasoning_shows_collapsed_with_how_long_the_model_thought(
+    gateway: Gateway, new_page: PageFactory, shot: Shot
+) -> None:
+    thoughts = ["The user ", "greets me; ", "<b>I</b> should ", "greet back."]
+    gateway.upstream.enqueue(Script(tokens=["Hello ", "there!"], reasoning=thoughts, delay_s=0.4))
+    page = await new_page()
+    await sign_in_by_name(page, "dora")
+    await send(page, "hi")
+    reply = last_reply(page)
+    reasoning = reply.locator("details.reasoning")
+    await expect(reasoning.locator("summary")).to_have_text("Thinking…")
+    await expect(reply).to_have_attribute("data-status", "complete")
+    await expect(reasoning.locator("summary")).to_have_text(re.compile(r"^Thought for [1-4] s$"))
+    text = reasoning.locator(".reasoning-text")
+    await expect(text).to_be_hidden()  # collapsed
+    await reasoning.locator("summary").click()
+    await expect(text).to_have_text("".join(thoughts))  # as text, never as HTML
+    await expect(reply.locator(".markdown")).to_have_text("Hello there!")
+    await shot(page, "reasoning-open")
+
+    # Reloaded from the server: the same, with the saved duration.
+    await page.reload()
+    await expect(page.locator(".badge")).to_have_text("Connected")
+    await page.locator(".conversations li .open").first.click()
+    summary = last_reply(page).locator("details.reasoning summary")
+    await expect(summary).to_have_text(re.compile(r"^Thought for [1-4] s$"))
+
+
+async def test_a_queued_reply_says_it_waits_for_the_model(
+    gateway: Gateway, new_page: PageFactory
+) -> None:
+    from tokenwire.chat.queue import UpstreamQueue
+
+    gateway.services.chat.queue = UpstreamQueue(1)  # UPSTREAM_MAX_CONCURRENCY=1
+    gateway.upstream.enqueue(Script(count=30, delay_s=0.05), Script(tokens=["my turn"]))
+    other = Client()
+    try:
+        await other.connect(gateway.url, gateway.token("someone-else"))
+        await other.emit("chat:start", {"message": "first in line"})
+        await other.wait_for("chat:message")
+        page = await new_page()
+        await sign_in_by_name(page, "erin")
+        await send(page, "second")
+        reply = last_reply(page)
+        await expect(reply.locator(".note.queued")).to_have_text(
+            "Waiting for the model: next in line"
+        )
+        await expect(reply.locator(".markdown")).to_have_text("my turn", timeout=10_000)
+        await expect(reply.locator(".note.queued")).to_have_count(0)
+    finally:
+        await other.close()

@@ -264,10 +264,11 @@ export function describeError(error: WireError, retryIn?: number | null): string
       if (left <= 0) return 'Too many requests a moment ago. You can try again now.';
       return `Too many requests right now. Please try again in ${seconds(left)}.`;
     }
+    // The server's words say more here ("too long for this model", "busy").
     case 'UPSTREAM_ERROR':
-      return 'The AI model failed to answer. Please try again.';
+      return error.message || 'The AI model failed to answer. Please try again.';
     case 'UPSTREAM_TIMEOUT':
-      return 'The AI model took too long to answer. Please try again.';
+      return error.message || 'The AI model took too long to answer. Please try again.';
     case 'UNAVAILABLE':
       return 'The service is temporarily unavailable. Please try again shortly.';
     case 'SERVER_SHUTDOWN':

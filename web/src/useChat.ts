@@ -9,6 +9,9 @@
  * - Chunks are appended only when `offset === reply.length`, so a chunk is
  *   never shown twice or out of place; `chat:end` / `chat:stopped` carry the
  *   whole saved reply, which replaces what was assembled.
+ * - A reasoning model's thinking (`chat:reasoning`) is assembled the same
+ *   way beside the reply, timed from its first piece to the first text
+ *   ("Thought for 12 s"); `chat:queued` says where the reply waits in line.
  * - A reply keeps generating on the server when the socket drops; after a
  *   reconnect the conversation is reloaded over HTTP (and polled while a
  *   reply in it is still being written).
@@ -46,6 +49,11 @@ export interface ChatMessage {
   model?: string | null;
   finishReason?: string | null;
   completionTokens?: number | null;
+  /** A reasoning model's thinking, and how long it took (ms; null while it thinks). */
+  reasoning?: string | null;
+  reasoningMs?: number | null;
+  /** Waiting for the model server: 1 = next in line. */
+  queuePosition?: number | null;
 }
 
 export interface ChatError extends WireError {
@@ -95,6 +103,9 @@ interface LiveReply {
   messageId: string | null;
   conversationId: string | null;
   content: string;
+  reasoning: string;
+  /** Date.now() at the first piece of reasoning. */
+  thinkingSince: number | null;
 }
 
 const ACK_TIMEOUT_MS = 15_000;
@@ -115,6 +126,8 @@ function fromStored(message: StoredMessage): ChatMessage | null {
     model: message.model,
     finishReason: message.finishReason,
     completionTokens: message.completionTokens,
+    reasoning: message.reasoning,
+    reasoningMs: message.reasoningMs,
   };
 }
 
@@ -159,7 +172,7 @@ export function useChat(options: UseChatOptions): UseChat {
             m.key === reply.replyKey || (reply.messageId !== null && m.id === reply.messageId);
           if (!mine) return [m];
           const next = { ...m, ...patch };
-          return dropIfEmpty && !next.content ? [] : [next];
+          return dropIfEmpty && !next.content && !next.reasoning ? [] : [next];
         }),
       );
       optionsRef.current.onConversationsChanged();
@@ -314,13 +327,36 @@ export function useChat(options: UseChatOptions): UseChat {
       );
     });
 
+    socket.on('chat:queued', (data) => {
+      const reply = claim(data.messageId);
+      if (!reply) return;
+      patchReply(reply, { id: data.messageId, queuePosition: data.position || null });
+    });
+
+    socket.on('chat:reasoning', (data) => {
+      const reply = claim(data.messageId);
+      if (!reply || data.offset !== reply.reasoning.length) return;
+      reply.reasoning += data.content;
+      reply.thinkingSince ??= Date.now();
+      patchReply(reply, {
+        id: data.messageId,
+        reasoning: reply.reasoning,
+        status: 'streaming',
+        queuePosition: null,
+      });
+    });
+
     socket.on('chat:message', (data) => {
       const reply = claim(data.messageId);
       if (!reply) return;
       // Append only the chunk that continues the text: never twice, never out of place.
       if (data.offset !== reply.content.length) return;
+      const patch: Partial<ChatMessage> = { id: data.messageId, status: 'streaming', queuePosition: null };
+      if (!reply.content && reply.thinkingSince !== null) {
+        patch.reasoningMs = Date.now() - reply.thinkingSince;
+      }
       reply.content += data.content;
-      patchReply(reply, { id: data.messageId, content: reply.content, status: 'streaming' });
+      patchReply(reply, { ...patch, content: reply.content });
     });
 
     socket.on('chat:end', (data) => {
@@ -335,6 +371,11 @@ export function useChat(options: UseChatOptions): UseChat {
           model: data.model,
           finishReason: data.finishReason,
           completionTokens: data.completionTokens,
+          queuePosition: null,
+          // Thought, then wrote nothing: it thought until the end.
+          ...(reply.thinkingSince !== null && !reply.content
+            ? { reasoningMs: Date.now() - reply.thinkingSince }
+            : {}),
         },
         false,
       );
@@ -343,14 +384,18 @@ export function useChat(options: UseChatOptions): UseChat {
     socket.on('chat:stopped', (data) => {
       const reply = claim(data.messageId);
       if (!reply) return;
-      settle(reply, { id: data.messageId, content: data.content, status: 'stopped' }, true);
+      settle(
+        reply,
+        { id: data.messageId, content: data.content, status: 'stopped', queuePosition: null },
+        true,
+      );
     });
 
     socket.on('chat:error', (data) => {
       fail(data);
       const reply = data.messageId ? claim(data.messageId) : null;
       if (reply) {
-        settle(reply, { id: data.messageId ?? null, status: 'error' }, true);
+        settle(reply, { id: data.messageId ?? null, status: 'error', queuePosition: null }, true);
       }
     });
 
@@ -386,6 +431,8 @@ export function useChat(options: UseChatOptions): UseChat {
         messageId: null,
         conversationId: visibleRef.current,
         content: '',
+        reasoning: '',
+        thinkingSince: null,
       };
       replyRef.current = reply;
       setStreaming(true);

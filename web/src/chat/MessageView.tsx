@@ -9,6 +9,27 @@ const NOTES: Partial<Record<ChatMessage['status'], string>> = {
   interrupted: 'Interrupted (the server restarted)',
 };
 
+function thoughtFor(ms: number): string {
+  const s = Math.max(1, Math.round(ms / 1000));
+  return s < 90 ? `Thought for ${s} s` : `Thought for ${Math.round(s / 60)} min`;
+}
+
+function queueNote(position: number): string {
+  return position === 1
+    ? 'Waiting for the model: next in line'
+    : `Waiting for the model: ${position - 1} ahead in line`;
+}
+
+/** A reasoning model's thinking, collapsed under how long it took; plain text, never Markdown. */
+function Reasoning({ text, ms, thinking }: { text: string; ms: number | null; thinking: boolean }) {
+  return (
+    <details className="reasoning">
+      <summary>{thinking || ms === null ? 'Thinking…' : thoughtFor(ms)}</summary>
+      <p className="reasoning-text">{text}</p>
+    </details>
+  );
+}
+
 const Reply = memo(function Reply({ message }: { message: ChatMessage }) {
   const streaming = message.status === 'streaming';
   const html = useMemo(() => renderMarkdown(message.content, streaming), [message.content, streaming]);
@@ -17,6 +38,14 @@ const Reply = memo(function Reply({ message }: { message: ChatMessage }) {
     (message.finishReason === 'length' ? 'Cut off at the token limit' : null);
   return (
     <article className={`message assistant ${message.status}`} data-status={message.status}>
+      {message.queuePosition ? <p className="note queued">{queueNote(message.queuePosition)}</p> : null}
+      {message.reasoning ? (
+        <Reasoning
+          text={message.reasoning}
+          ms={message.reasoningMs ?? null}
+          thinking={streaming && !message.content}
+        />
+      ) : null}
       <div className="markdown" dangerouslySetInnerHTML={{ __html: html }} />
       {note && <p className="note">{note}</p>}
     </article>
