@@ -46,13 +46,11 @@ async def test_a_reply_silent_for_many_checkpoint_intervals_is_never_swept(
 
 
 async def test_another_node_sweeps_only_a_dead_nodes_replies(
-    gateway_factory: GatewayFactory, client_factory: type[Client]
+    gateway_factory: GatewayFactory, client_factory: type[Client], database_url: str
 ) -> None:
     """Two nodes on one database: B leaves A's silent live reply alone, ends a dead node's."""
-    async with (
-        gateway_factory(checkpoint_interval_s=INTERVAL) as a,
-        gateway_factory(checkpoint_interval_s=INTERVAL) as b,
-    ):
+    settings = {"checkpoint_interval_s": INTERVAL, "database_url": database_url}
+    async with gateway_factory(**settings) as a, gateway_factory(**settings) as b:
         assert a.services.chat.node_id != b.services.chat.node_id
         dead = Turn.new(None)
         repository = b.services.repository
