@@ -323,6 +323,16 @@ async def run(args: argparse.Namespace, logs: Path) -> int:
                         one["added_p99"] <= 5,
                     )
                 )
+            if "B5" in only:  # the NestJS peer is built
+                for client, f in (await bench.b1_nest()).items():
+                    figures.append(
+                        Figure(
+                            "B1",
+                            f"NestJS peer: added TTFT p50 / p99, 1 stream, {_CLIENTS[client]} "
+                            f"(direct {_ms(f['direct_p50'])}, via {_ms(f['via_p50'])})",
+                            f"{_ms(f['added_p50'])} / {_ms(f['added_p99'])}",
+                        )
+                    )
             for name, f in b1.items():
                 if name.startswith("1 stream"):
                     continue

@@ -553,6 +553,20 @@ class Bench:
                 await self.procs.stop(proc)
         return figures
 
+    async def b1_nest(self) -> dict[str, dict[str, float]]:
+        """B1's one-stream probes against the NestJS peer: what the guide's stack adds."""
+        s = self.s
+        upstream, up_url = await self.upstream(s.b3_rate, int(s.b3_rate * s.b3_reply_s))
+        server, url = await self.nest(up_url)
+        try:
+            return {
+                client: _ttft(await self.probe(client, url, up_url, s.b1_samples))
+                for client in s.b1_clients
+            }
+        finally:
+            for proc in (server, upstream):
+                await self.procs.stop(proc)
+
     # --- B4: idle connections
 
     async def b4(self) -> dict[str, float]:

@@ -1,50 +1,49 @@
-"""CPU per upstream token: tokenwire's lean SSE path against the official `openai` SDK.
+"""CPU per upstream token: tokenwire's SSE reader against the official `openai` SDK.
 
-Both read the same bytes (an OpenAI streaming reply, one event per network
-read, as a real upstream sends them) from memory, so only the parsing
-differs: tokenwire's reader (`providers/openai.py`: `SSEDecoder` + orjson,
-dicts), fed by a stand-in for aiohttp's stream reader, against
-`openai.AsyncOpenAI().chat.completions.create(stream=True)` over an
-`httpx.MockTransport` (its SSE decoder + a pydantic `ChatCompletionChunk` per
-event).
+Both read the same bytes (an OpenAI streaming reply from bench/upstream.py,
+`--shape realistic` or `lean`, one event per network read, as a real upstream
+sends them) from memory, so only the parsing differs: tokenwire's reader
+(`providers/openai.py`: `SSEDecoder` + `_Completion.take`, the read loop's
+per-read work) against `openai.AsyncOpenAI().chat.completions.create(stream=True)`
+over an `httpx.MockTransport` (its SSE decoder + a pydantic
+`ChatCompletionChunk` per event).
 
-    uv run python bench/sse_parsers.py [--tokens 20000]
+    uv run python bench/sse_parsers.py [--tokens 20000] [--shape lean]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from pathlib import Path
 
 import httpx
-import orjson
 
-CHUNK = {
-    "id": "chatcmpl-bench",
-    "object": "chat.completion.chunk",
-    "created": 1700000000,
-    "model": "gpt-4",
-    "choices": [{"index": 0, "delta": {"content": " tok"}, "finish_reason": None}],
-}
+if __package__ in (None, ""):  # `python bench/sse_parsers.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.upstream import _Reply
 
 
-def _events(tokens: int) -> list[bytes]:
-    token = b"data: " + orjson.dumps(CHUNK) + b"\n\n"
-    finish = {**CHUNK, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-    usage = {
-        **CHUNK,
-        "choices": [],
-        "usage": {"prompt_tokens": 1, "completion_tokens": tokens, "total_tokens": tokens + 1},
-    }
-    return [
-        *([token] * tokens),
-        b"data: " + orjson.dumps(finish) + b"\n\n",
-        b"data: " + orjson.dumps(usage) + b"\n\n",
-        b"data: [DONE]\n\n",
-    ]
+def _events(shape: str, tokens: int) -> list[bytes]:
+    """The reply's SSE events, one per read, without HTTP's chunked framing."""
+    reply = _Reply(shape, tokens)
+
+    def unchunk(raw: bytes) -> list[bytes]:
+        out = []
+        while raw and not raw.startswith(b"0\r\n"):
+            size, _, rest = raw.partition(b"\r\n")
+            n = int(size, 16)
+            out.append(rest[:n])
+            raw = rest[n + 2 :]
+        return out
+
+    first = reply.first.split(b"\r\n\r\n", 1)[1]
+    more = tokens - (shape == "lean")  # the lean shape's first write carries a token
+    return [*unchunk(first), *([unchunk(reply.token)[0]] * more), *unchunk(reply.last)]
 
 
 class _Body(httpx.AsyncByteStream):
@@ -80,20 +79,22 @@ class _Response:
         self.content = _Content(events)
 
 
-async def _lean(tokens: int) -> tuple[int, float]:
-    from tokenwire.providers.openai import _read_completion
+def _tokenwire(events: list[bytes]) -> tuple[int, float]:
+    from tokenwire.providers.openai import _Completion
+    from tokenwire.providers.sse import SSEDecoder
 
-    response: Any = _Response(_events(tokens))
     started, count = time.process_time(), 0
-    async for item in _read_completion(response, "gpt-4", 0.0):
-        count += isinstance(item, str)
+    state, decoder = _Completion(), SSEDecoder()
+    for chunk in events:
+        count += len(state.take(decoder.feed(chunk)))
+    assert state.done and state.finish_reason == "stop", "the reply did not end"
     return count, time.process_time() - started
 
 
-async def _sdk(tokens: int) -> tuple[int, float]:
+async def _sdk(events: list[bytes]) -> tuple[int, float]:
     import openai
 
-    async with _client(_events(tokens)) as http:
+    async with _client(events) as http:
         client = openai.AsyncOpenAI(
             api_key="sk-bench", base_url="http://upstream/v1", http_client=http
         )
@@ -110,21 +111,25 @@ async def _sdk(tokens: int) -> tuple[int, float]:
         return count, time.process_time() - started
 
 
-async def _main(tokens: int) -> None:
-    await _lean(100)  # warm imports and caches
-    await _sdk(100)
-    lean_n, lean_s = await _lean(tokens)
-    sdk_n, sdk_s = await _sdk(tokens)
-    assert lean_n == sdk_n == tokens, (lean_n, sdk_n)
-    print(f"lean (SSEDecoder + orjson):          {lean_s / tokens * 1e6:6.1f} µs per token")
-    print(f"openai SDK (pydantic chunk objects):   {sdk_s / tokens * 1e6:6.1f} µs per token")
-    print(f"SDK / lean: {sdk_s / lean_s:.2f}×")
+async def _main(shape: str, tokens: int) -> None:
+    events = _events(shape, tokens)
+    _tokenwire(_events(shape, 100))  # warm imports and caches
+    await _sdk(_events(shape, 100))
+    tw_n, tw_s = _tokenwire(events)
+    sdk_n, sdk_s = await _sdk(events)
+    assert tw_n == sdk_n == tokens, (tw_n, sdk_n)
+    print(f"{shape} events ({len(events[1])} bytes each)")
+    print(f"tokenwire (SSEDecoder + _Completion):  {tw_s / tokens * 1e6:6.2f} µs per token")
+    print(f"openai SDK (pydantic chunk objects):   {sdk_s / tokens * 1e6:6.2f} µs per token")
+    print(f"SDK / tokenwire: {sdk_s / tw_s:.1f}×")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python bench/sse_parsers.py")
     parser.add_argument("--tokens", type=int, default=20000)
-    asyncio.run(_main(parser.parse_args().tokens))
+    parser.add_argument("--shape", choices=("realistic", "lean"), default="realistic")
+    args = parser.parse_args()
+    asyncio.run(_main(args.shape, args.tokens))
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ class _Reply:
                 "created": 1700000000,
                 "model": "gpt-4",
             }
-            choice: dict[str, object] = {"index": 0}
+            logprobs: dict[str, object] = {}
+            tail: dict[str, object] = {}
             usage_extra: dict[str, object] = {}
         else:
             # One id per reply, as OpenAI's (29 characters after the prefix).
@@ -90,9 +91,9 @@ class _Reply:
                 "model": "gpt-4o-mini-2024-07-18",
                 "service_tier": "default",
                 "system_fingerprint": "fp_560af6e559",
-                "usage": None,
             }
-            choice = {"index": 0, "logprobs": None}
+            logprobs = {"logprobs": None}
+            tail = {"usage": None}  # in every event when the request asks for usage
             usage_extra = {
                 "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
                 "completion_tokens_details": {
@@ -104,9 +105,9 @@ class _Reply:
             }
 
         def chunk(delta: dict[str, object], finish: str | None = None) -> bytes:
-            return _event(
-                {**base, "choices": [{**choice, "delta": delta, "finish_reason": finish}]}
-            )
+            # In OpenAI's order of keys.
+            choice = {"index": 0, "delta": delta, **logprobs, "finish_reason": finish}
+            return _event({**base, "choices": [choice], **tail})
 
         role_delta: dict[str, object] = {"role": "assistant", "content": ""}
         if shape != "lean":
