@@ -61,6 +61,8 @@ def _settings(args: argparse.Namespace, logs: Path) -> Settings:
         "coalesce_ms": args.coalesce_ms,
         "double": args.double,
         "profile": Path(args.profile).resolve() if args.profile else None,
+        "b2_reply_tokens": args.reply_tokens,
+        "turns_per_conversation": args.turns,
     }
     if args.b3_levels:
         # Exactly these levels, in order, with no bisection and no time budget.
@@ -470,6 +472,15 @@ def main(argv: list[str] | None = None) -> int:
         "--b3-levels",
         metavar="N,N,...",
         help="run B3 at exactly these client counts (no search), e.g. 800,1000",
+    )
+    parser.add_argument(
+        "--reply-tokens", type=int, default=200, help="B2/B5 reply length (default 200)"
+    )
+    parser.add_argument(
+        "--turns",
+        type=int,
+        default=2,
+        help="turns per conversation before a client starts a new one (default 2)",
     )
     parser.add_argument("--no-write", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--keep-logs", action="store_true", help="keep the process logs")
