@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -185,6 +186,7 @@ _DOUBLES = {
 
 async def run(args: argparse.Namespace, logs: Path) -> int:
     started = time.monotonic()
+    load_before = os.getloadavg()
     s = _settings(args, logs)
     only = set(args.only.upper().split(",")) if args.only else {"B1", "B2", "B3", "B4", "B5"}
     fds = raise_fd_limit()
@@ -384,6 +386,10 @@ async def run(args: argparse.Namespace, logs: Path) -> int:
         await processes.close()
 
     elapsed = time.monotonic() - started
+    # The machine may be shared (other jobs' test suites): say how busy it was.
+    load = " / ".join(f"{x:.2f}" for x in load_before)
+    load_after = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    notes.insert(0, f"Load average (1/5/15 min) {load} at the start, {load_after} at the end.")
     table = markdown_table(
         [
             {"id": f.key, "figure": f.name, "result": f.value, "target": f.target, "": f.verdict}
