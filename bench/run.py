@@ -178,7 +178,7 @@ def _ms(x: float) -> str:
 _CLIENTS = {"node": "socket.io-client", "python": "python-socketio"}
 _DOUBLES = {
     "realistic": "bench/upstream.py --shape realistic (as OpenAI streams: a role event alone, "
-    "then one ~290-byte event per token, each its own write)",
+    "then one ~300-byte event per token, each its own write)",
     "lean": "bench/upstream.py --shape lean (the first token with the headers, ~150-byte events)",
     "repo": "python -m tokenwire.testing upstream",
 }

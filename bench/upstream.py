@@ -21,7 +21,7 @@ llama.cpp alike: the headers and a first event carrying only
 own event in its own write, the first one a token interval later; every event
 carries what OpenAI's do (`id`, `object`, `created`, `model`,
 `system_fingerprint`, `service_tier`, `usage: null` since the request asks
-for usage, `choices[0].index/delta/logprobs/finish_reason`), ~290 bytes of
+for usage, `choices[0].index/delta/logprobs/finish_reason`), ~300 bytes of
 JSON per token. `--shape lean` is the double the figures before it were
 measured with: the headers, the role event and the first token in one write,
 then short events (~150 bytes) with only `id`, `object`, `created`, `model`
