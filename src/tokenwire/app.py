@@ -26,6 +26,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from tokenwire import __version__
 from tokenwire.api import conversations, dev, health, monitoring, web
+from tokenwire.closing import CLOSE_RESOURCE_S, close_within
 from tokenwire.config import Settings
 from tokenwire.errors import TokenwireError
 from tokenwire.services import Services
@@ -33,7 +34,12 @@ from tokenwire.wire.admin import AdminNamespace
 from tokenwire.wire.codec import OrjsonCodec
 from tokenwire.wire.gateway import AiNamespace, GatewayServer, Runtime
 
-__all__ = ["TokenwireApp", "create_app"]
+__all__ = ["DISCONNECT_CLIENTS_S", "TokenwireApp", "create_app"]
+
+# On shutdown, how long clients get to receive engine.io's CLOSE before their
+# sockets are dropped: a healthy client takes a round trip; a polling session
+# nobody polls, or a WebSocket whose client stopped reading, never would.
+DISCONNECT_CLIENTS_S = 1.0
 
 ASGIReceive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -62,12 +68,18 @@ class TokenwireApp:
         return services
 
     async def drain(self) -> None:
-        """Finish or interrupt running replies, then disconnect every client (see `server`)."""
+        """Finish or interrupt running replies, then disconnect every client (see `server`).
+
+        Bounded whatever the clients do: SHUTDOWN_GRACE_S for the replies,
+        then `chat.service.INTERRUPT_SAVE_S` to save the rest, then
+        DISCONNECT_CLIENTS_S for the clients.
+        """
         services = getattr(self.api.state, "services", None)
         if services is not None:
             await services.chat.shutdown(self.settings.shutdown_grace_s)
-        if self.sio.eio.sockets:  # engineio's disconnect-all fails on an empty set
-            await self.sio.eio.disconnect()
+        await self.sio.disconnect_all(DISCONNECT_CLIENTS_S)
+        # engine.io's service task (its ping-timeout sweep) ends with the server.
+        await close_within(self.sio.shutdown(), CLOSE_RESOURCE_S, "the Socket.IO server")
 
 
 def _origin_check(settings: Settings) -> Callable[[str | None, dict[str, Any]], bool]:
@@ -109,12 +121,10 @@ async def _close_manager(manager: Any) -> None:
     listener = getattr(manager, "thread", None)
     if listener is not None:
         listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await listener
-    for resource in (manager.pubsub, manager.redis):
+        await asyncio.wait({listener}, timeout=CLOSE_RESOURCE_S)
+    for name, resource in (("pubsub", manager.pubsub), ("client", manager.redis)):
         if resource is not None:
-            with contextlib.suppress(Exception):
-                await resource.aclose()
+            await close_within(resource.aclose(), CLOSE_RESOURCE_S, f"the Socket.IO Redis {name}")
 
 
 def create_app(settings: Settings) -> TokenwireApp:

@@ -7,16 +7,29 @@ it closes connections, tokenwire:
 2. drains: refuses new replies (SERVER_SHUTDOWN), lets running ones finish
    for up to SHUTDOWN_GRACE_S, then saves each unfinished one as
    `interrupted` with the content so far and tells its client;
-3. disconnects every Socket.IO client cleanly, so they reconnect elsewhere;
+3. disconnects every Socket.IO client, so they reconnect elsewhere;
 
 and only then lets uvicorn close what is left and run the lifespan shutdown.
+
+Every step after the grace period that waits on a peer (a client, the
+database, Redis, the upstream) waits a bounded time, whatever the peer does:
+a polling session nobody polls, a WebSocket whose client stopped reading, a
+half-sent request. `SHUTDOWN_BOUND_S` is the sum of those bounds, so the
+process exits within SHUTDOWN_GRACE_S + SHUTDOWN_BOUND_S. Should something
+still hang past that (a bug, or a library that ignores cancellation), a
+watchdog thread logs where each thread is and ends the process.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import gc
+import logging
+import os
 import signal
 import socket
+import sys
+import threading
 from types import FrameType
 from typing import Any
 
@@ -25,11 +38,21 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.exceptions import InvalidState
 from websockets.http11 import Request
 
-from tokenwire.app import TokenwireApp
+from tokenwire.app import DISCONNECT_CLIENTS_S, TokenwireApp
+from tokenwire.chat.service import INTERRUPT_SAVE_S
+from tokenwire.closing import CLOSE_RESOURCE_S
 from tokenwire.config import Settings
 from tokenwire.wire.engine import LeanEvent, LeanQueue
 
-__all__ = ["GC_THRESHOLDS", "GracefulServer", "LeanWebSocketProtocol", "uvicorn_config"]
+__all__ = [
+    "GC_THRESHOLDS",
+    "SHUTDOWN_BOUND_S",
+    "GracefulServer",
+    "LeanWebSocketProtocol",
+    "uvicorn_config",
+]
+
+log = logging.getLogger(__name__)
 
 # The cyclic garbage collector's thresholds while serving (CPython's are
 # 700, 10, 10). Streaming makes almost no cyclic garbage (a full collection
@@ -47,11 +70,27 @@ __all__ = ["GC_THRESHOLDS", "GracefulServer", "LeanWebSocketProtocol", "uvicorn_
 # few MB at most.
 GC_THRESHOLDS = (5000, 10, 100)
 
+# After the drain, how long uvicorn waits for HTTP requests and WebSockets
+# still open (a long poll just answered, a request whose body never came)
+# before it cancels their tasks.
+CONNECTIONS_CLOSE_S = 2.0
+
+# How long shutdown may take beyond SHUTDOWN_GRACE_S: saving interrupted
+# replies, disconnecting clients, uvicorn's connections, and closing the
+# lifespan's resources (database, HTTP client, two Redis clients), each bounded.
+SHUTDOWN_BOUND_S = (
+    INTERRUPT_SAVE_S + DISCONNECT_CLIENTS_S + CONNECTIONS_CLOSE_S + 4 * CLOSE_RESOURCE_S + 0.5
+)
+
+# The watchdog's allowance past SHUTDOWN_GRACE_S + SHUTDOWN_BOUND_S.
+_WATCHDOG_SLACK_S = 5.0
+
 
 class GracefulServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: TokenwireApp) -> None:
         super().__init__(config)
         self.tokenwire = app
+        self._watchdog: threading.Timer | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:  # noqa: ARG002 - uvicorn's signature
         # uvicorn records the signal and re-raises it after shutdown, so the
@@ -61,6 +100,16 @@ class GracefulServer(uvicorn.Server):
             self.force_exit = True
         else:
             self.should_exit = True
+            self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is not None:
+            return
+        limit = self.tokenwire.settings.shutdown_grace_s + SHUTDOWN_BOUND_S + _WATCHDOG_SLACK_S
+        # A thread, not a loop timer: it must fire even if the event loop is stuck.
+        self._watchdog = threading.Timer(limit, _force_exit, args=(limit,))
+        self._watchdog.daemon = True
+        self._watchdog.start()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -76,7 +125,46 @@ class GracefulServer(uvicorn.Server):
         for server in self.servers:
             server.close()
         await self.tokenwire.drain()
+        self._abort_stalled_connections()
         await super().shutdown(sockets)
+
+    def _abort_stalled_connections(self) -> None:
+        """Drop the connections that cannot finish; uvicorn closes the rest gracefully.
+
+        Two kinds, both waiting on a client that has stopped:
+
+        - a transport holding unsent bytes: that happens only while the
+          kernel's send buffer to the client is full, and after the drain
+          gave every client DISCONNECT_CLIENTS_S to take its CLOSE, such a
+          client has stopped reading (or its network is gone);
+        - an HTTP request whose body has not all arrived (a polling POST cut
+          off half-way): its engine.io session is closed by now.
+
+        Closing them gracefully would wait for a flush or a body that never
+        comes, until uvicorn cancels their handlers and engine.io logs each
+        cancellation as a traceback. Aborted, their handlers see a disconnect
+        and end as for any client that left.
+        """
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is None:
+                continue
+            cycle = getattr(connection, "cycle", None)  # uvicorn's HTTP request in progress
+            body_pending = (
+                cycle is not None
+                and not getattr(cycle, "response_complete", True)
+                and getattr(cycle, "more_body", False)
+            )
+            if body_pending or transport.get_write_buffer_size() > 0:
+                transport.abort()
+
+
+def _force_exit(limit: float) -> None:
+    """The watchdog: shutdown outlived every bound. Say where it is stuck, then end the process."""
+    log.critical("shutdown still running after %.0f s; forcing exit (status 1)", limit)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    logging.shutdown()
+    os._exit(1)
 
 
 class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -201,7 +289,7 @@ def uvicorn_config(app: TokenwireApp, settings: Settings, **overrides: object) -
         "access_log": False,
         "lifespan": "on",
         "proxy_headers": True,
-        "timeout_graceful_shutdown": 5,
+        "timeout_graceful_shutdown": CONNECTIONS_CLOSE_S,
         "backlog": 4096,
     }
     options.update(overrides)

@@ -8,7 +8,6 @@ housekeeping. Handlers reach them through this one object.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -19,6 +18,7 @@ import aiohttp
 
 from tokenwire.auth import Authenticator
 from tokenwire.chat import ChatService
+from tokenwire.closing import CLOSE_RESOURCE_S, close_within
 from tokenwire.config import Settings
 from tokenwire.errors import Unavailable
 from tokenwire.providers import Provider
@@ -104,11 +104,12 @@ class Services:
             with contextlib.suppress(Unavailable):
                 await repository.leave(chat.node_id)
         finally:
+            # Each close waits on a peer (Redis, the upstream, the database),
+            # so each is bounded: a silent peer must not hold the exit.
             if housekeeping is not None:
                 housekeeping.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await housekeeping
+                await asyncio.wait({housekeeping}, timeout=CLOSE_RESOURCE_S)
             if chat is not None:
-                await chat.limits.aclose()
-            await http.close()
-            await database.dispose()
+                await close_within(chat.limits.aclose(), CLOSE_RESOURCE_S, "the rate limits' Redis")
+            await close_within(http.close(), CLOSE_RESOURCE_S, "the upstream HTTP client")
+            await close_within(database.dispose(), CLOSE_RESOURCE_S, "the database")

@@ -46,13 +46,18 @@ from tokenwire.storage import FinishedReply, MessageStatus, Repository, Turn
 from tokenwire.storage.models import new_id, utcnow
 from tokenwire.tokens import count_messages, count_text, trim_history
 
-__all__ = ["ChatService", "StartChat", "Started"]
+__all__ = ["INTERRUPT_SAVE_S", "ChatService", "StartChat", "Started"]
 
 log = logging.getLogger(__name__)
 
 _SAVE_ATTEMPTS = 5
 _WRITE_AFTER_S = 0.05  # longest a turn waits for its first token before it is written
 _MIN_REPLY_TOKENS = 16  # less room than this for the reply: "too long for this model"
+# On shutdown, after the grace period: how long interrupted replies get to be
+# saved and announced. A healthy database takes milliseconds; past this the
+# reply stays `streaming` with its last checkpoint, which the next start's
+# sweep marks interrupted, so nothing is lost that a crash would not lose.
+INTERRUPT_SAVE_S = 3.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -527,7 +532,14 @@ class ChatService:
             for reply in self.replies:
                 reply.cancel("shutdown")
             if pending:
-                await asyncio.wait(pending, timeout=10)
+                _, late = await asyncio.wait(pending, timeout=INTERRUPT_SAVE_S)
+                if late:
+                    log.error(
+                        "%d replies not saved within %.0f s of shutdown; "
+                        "they stay at their last checkpoint",
+                        len(late),
+                        INTERRUPT_SAVE_S,
+                    )
 
 
 def _usage(

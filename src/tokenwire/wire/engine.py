@@ -469,12 +469,14 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         self.queue.put_nowait(packet.Packet(packet.PING))
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
-        await super().close(wait=wait, abort=abort, reason=reason)
-        if self.closed:
-            # A closed socket sends no more pings: the clock lets go of it as
-            # soon as no reader or poll waits on a deadline.
-            self._ping_at = None
-            self._rearm()
+        try:
+            await super().close(wait=wait, abort=abort, reason=reason)
+        finally:  # also when a wait for the CLOSE to go out is cancelled (`disconnect_all`)
+            if self.closed:
+                # A closed socket sends no more pings: the clock lets go of it as
+                # soon as no reader or poll waits on a deadline.
+                self._ping_at = None
+                self._rearm()
 
     # --- sending (engine.io's send, with a way around the writer task)
 

@@ -10,6 +10,7 @@ acknowledgement when the client asks for one: `{ok: true, ...ids}` or
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -92,6 +93,45 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             # waking a long-poll that is still open, so it lingers for
             # PING_INTERVAL + PING_TIMEOUT; the reference server answers it.
             socket.queue.put_nowait(None)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        # A message can arrive for a session that has just been closed: the
+        # body of a polling POST that was still being read when the session
+        # ended (engine.io then hands on what arrived of it). python-socketio
+        # looks the session's environ up unguarded and logs a KeyError
+        # traceback; a closed session's messages are dropped here instead.
+        if eio_sid not in self.environ:
+            return
+        await super()._handle_eio_message(eio_sid, data)
+
+    async def disconnect_all(self, within_s: float) -> None:
+        """Close every client's Engine.IO session on this node, within `within_s`, whatever they do.
+
+        Each client is sent engine.io's CLOSE, so socket.io-client reconnects
+        (elsewhere, in a rolling deploy) rather than giving up, as after a
+        Socket.IO DISCONNECT. python-engineio's own `disconnect()` waits for
+        each CLOSE to be taken from the socket's queue, which never happens
+        for a polling session nobody polls, or a WebSocket whose client stopped
+        reading (its writer waits for the full TCP window): SIGTERM then hung
+        forever. Here whatever has not gone out after `within_s` is dropped: the
+        session is closed either way, every waiting poll and writer is woken
+        to end, and uvicorn then closes the connections themselves.
+        """
+        sockets = list(self.eio.sockets.values())
+        if not sockets:
+            return
+        reason = self.eio.reason.SERVER_DISCONNECT
+        closing = [asyncio.ensure_future(socket.close(reason=reason)) for socket in sockets]
+        _, late = await asyncio.wait(closing, timeout=within_s)
+        for task in late:
+            task.cancel()  # waiting in the queue's join(); the session is closed already
+        if late:
+            await asyncio.wait(late, timeout=within_s)
+            log.info("%d clients did not take the close in %.1f s; dropped", len(late), within_s)
+        for socket in sockets:
+            socket.closed = True
+            socket.queue.put_nowait(None)  # ends a waiting long poll or WebSocket writer
+        self.eio.sockets.clear()
 
     async def _handle_event(
         self, eio_sid: str, namespace: str | None, id: int | None, data: Any
