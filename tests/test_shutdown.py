@@ -365,3 +365,8 @@ async def test_close_within_lets_go_of_a_close_that_never_ends_or_ignores_cancel
     assert any("closing failing failed" in m for m in messages)
     released.set()  # let the stubborn one end, so the test's loop can close
     await asyncio.sleep(0.05)
+
+
+def test_the_readme_states_the_bound_the_server_keeps() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert f"SHUTDOWN_GRACE_S + {SHUTDOWN_BOUND_S:g} s" in readme

@@ -20,7 +20,6 @@ from tokenwire.auth import Authenticator
 from tokenwire.chat import ChatService
 from tokenwire.closing import CLOSE_RESOURCE_S, close_within
 from tokenwire.config import Settings
-from tokenwire.errors import Unavailable
 from tokenwire.providers import Provider
 from tokenwire.providers.demo import DemoProvider
 from tokenwire.providers.openai import OpenAIProvider
@@ -101,8 +100,11 @@ class Services:
             )
             yield services
             await chat.shutdown(settings.shutdown_grace_s)
-            with contextlib.suppress(Unavailable):
-                await repository.leave(chat.node_id)
+            # Bounded like the closes below: a database that stopped answering
+            # must not hold the exit (the lease then lapses by itself).
+            await close_within(
+                repository.leave(chat.node_id), CLOSE_RESOURCE_S, "this node's lease"
+            )
         finally:
             # Each close waits on a peer (Redis, the upstream, the database),
             # so each is bounded: a silent peer must not hold the exit.
