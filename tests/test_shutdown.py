@@ -189,6 +189,16 @@ class RawWebSocket:
         return await asyncio.wait_for(reader.readexactly(length), 10)
 
 
+def _unsent_bytes(server_port: int, client_port: int) -> int:
+    """The server side's send queue on the connection to `client_port` (Linux's /proc/net/tcp)."""
+    wanted = (f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}")
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) == wanted:
+            return int(fields[4].split(":")[0], 16)
+    return 0
+
+
 @asynccontextmanager
 async def serving(
     upstream: tuple[UpstreamDouble, str], tmp_path: Path, **env: str
@@ -225,7 +235,8 @@ async def test_sigterm_exits_with_a_websocket_that_stopped_reading_mid_reply_and
     double, _ = upstream
     # Large tokens, fast: the socket's receive window and the server's send
     # buffer fill within a second, and the reply is still running at SIGTERM.
-    double.enqueue(Script(tokens=["x" * 2000] * 20_000, delay_s=0.001))
+    words = "lorem ipsum dolor sit amet, consectetur adipiscing elit " * 8
+    double.enqueue(Script(tokens=[f"{i} {words}" for i in range(20_000)], delay_s=0.002))
     async with serving(upstream, tmp_path, MAX_SOCKET_BACKLOG="100000") as (port, process, db):
         ws = await RawWebSocket.open(port, "alice", receive_buffer=4096)
         await ws.send('42/ai,0["chat:start",{"message":"a long one"}]')
@@ -240,10 +251,18 @@ async def test_sigterm_exits_with_a_websocket_that_stopped_reading_mid_reply_and
             if frame.startswith(b"43/ai,0"):
                 message_id = orjson.loads(frame[len(b"43/ai,0") :])[0]["messageId"]
         assert message_id is not None
-        # From here on the client reads nothing.
-        await asyncio.sleep(1.0)
-        _assert_clean_exit(*await _terminate(process))
+        # From here on the client reads nothing, until the server's kernel
+        # holds bytes it cannot send: the client's window is full.
+        client_port = ws.conn.writer.get_extra_info("sockname")[1]
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if _unsent_bytes(port, client_port) > 0:
+                break
+        assert _unsent_bytes(port, client_port) > 0
+        code, took, stderr = await _terminate(process)
+        _assert_clean_exit(code, took, stderr)
     status, content = saved(db, message_id)
+    assert status == "interrupted", stderr.decode()[-3000:]
     assert status == "interrupted" and content
 
 
