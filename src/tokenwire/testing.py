@@ -7,6 +7,15 @@ status, a dropped connection, a stall. It records every request body and
 whether the client closed the connection before the end, which is how tests
 prove that `chat:stop` really stops generation upstream.
 
+It also does what real model servers do (issue 12): every stream opens with a
+role-only chunk in a write of its own, as OpenAI, vLLM and llama.cpp do; a
+`Script` can withhold the first token for long (`first_delay_s`), end with
+`[DONE]` and no finish_reason, send no usage, answer 200 with an empty body,
+or think first (`reasoning`, in either field name); the double itself can
+list models' context windows (`models`, llama.cpp's `props`), refuse prompts
+past a context (`context_words`) and serve one request at a time
+(`max_concurrency`).
+
     python -m tokenwire.testing upstream --port 9100 --tokens-per-s 100
 
 runs it standalone, for benchmarks and for trying clients against a fake model.
