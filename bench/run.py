@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `bench` importable
 
 from bench.procs import Processes, machine, raise_fd_limit
 from bench.report import Figure, markdown_table, write_doc
-from bench.scenarios import Bench, Settings, StreamResult, cpu_count
+from bench.scenarios import Bench, Settings, StreamResult, Target, cpu_count
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT.parent / "shared" / "peers" / "nestjs-gateway"
@@ -224,6 +224,17 @@ async def run(args: argparse.Namespace, logs: Path) -> int:
                     print(f"B2: tokenwire STREAM_FLUSH_MS={flush:g} ...", flush=True)
                     tw[flush] = [await bench.b2(flush, f"B2 flush {flush:g}")]
             runs += [r for results in tw.values() for r in results] + nest
+            # A turn's own cost (chat:start, the database, history, the
+            # request, the save, chat:end) with almost no tokens in it.
+            turn_runs: dict[str, StreamResult] = {}
+            targets: tuple[Target, ...] = ("tokenwire", "nest") if "B5" in only else ("tokenwire",)
+            for target in targets:
+                print(
+                    f"B2: {target}, {s.turn_clients} clients looping 1-token replies ...",
+                    flush=True,
+                )
+                turn_runs[target] = await bench.turns(target, f"B2 turns {target}")
+            runs += list(turn_runs.values())
 
         def per_token(results: list[StreamResult]) -> float:
             return sum(r.gateway_cpu_s for r in results) / sum(r.tokens for r in results) * 1e6
@@ -254,6 +265,19 @@ async def run(args: argparse.Namespace, logs: Path) -> int:
                     f"CPU per turn ({s.b2_reply_tokens}-token reply, conversations of "
                     f"{s.turns_per_conversation} turns), STREAM_FLUSH_MS={flush:g}",
                     f"{per_turn(results):.2f} ms",
+                )
+            )
+        if only & {"B2", "B5"}:
+            tw_turn = turn_runs["tokenwire"].cpu_per_turn_ms
+            nest_turn = turn_runs["nest"].cpu_per_turn_ms if "nest" in turn_runs else None
+            figures.append(
+                Figure(
+                    "B2",
+                    f"CPU per turn of a 1-token reply ({s.turn_clients} clients looping them), "
+                    f"STREAM_FLUSH_MS={s.coalesce_ms:g}"
+                    + (f"; NestJS {nest_turn:.2f} ms" if nest_turn else ""),
+                    f"{tw_turn:.2f} ms"
+                    + (f" ({tw_turn / nest_turn:.2f} × NestJS)" if nest_turn else ""),
                 )
             )
         if nest_us is not None:

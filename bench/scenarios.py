@@ -25,7 +25,7 @@ import orjson
 
 from bench.procs import Proc, Processes, free_port, wait_http
 
-__all__ = ["Bench", "Settings", "StreamResult"]
+__all__ = ["Bench", "Settings", "StreamResult", "Target"]
 
 TOKEN_CHARS = 4  # bench/upstream.py sends " tok"
 BENCH = Path(__file__).resolve().parent
@@ -49,6 +49,7 @@ class Settings:
     # Each client continues its conversation once before starting a new one
     # (issue 14's load), so half the turns load history.
     turns_per_conversation: int = 2
+    turn_clients: int = 50  # B2's turn runs: clients looping 1-token replies
     b2_warmup_s: float = 2.0
     b2_window_s: float = 4.0
     b2_flush_extra: tuple[float, ...] = ()
@@ -436,6 +437,20 @@ class Bench:
             clients=s.b2_clients,
             rate=s.b2_rate,
             reply_tokens=s.b2_reply_tokens,
+            warmup_s=s.b2_warmup_s,
+            window_s=s.b2_window_s,
+        )
+
+    async def turns(self, target: Target, label: str) -> StreamResult:
+        """Clients looping 1-token replies: CPU per turn with almost nothing but the turn in it."""
+        s = self.s
+        return await self.stream_run(
+            label,
+            target,
+            flush_ms=s.coalesce_ms if target == "tokenwire" else None,
+            clients=s.turn_clients,
+            rate=s.b2_rate,
+            reply_tokens=1,
             warmup_s=s.b2_warmup_s,
             window_s=s.b2_window_s,
         )
