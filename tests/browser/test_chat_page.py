@@ -320,7 +320,8 @@ async def test_a_queued_reply_says_it_waits_for_the_model(
     from tokenwire.chat.queue import UpstreamQueue
 
     gateway.services.chat.queue = UpstreamQueue(1)  # UPSTREAM_MAX_CONCURRENCY=1
-    gateway.upstream.enqueue(Script(count=30, delay_s=0.05), Script(tokens=["my turn"]))
+    # The first reply runs until it is stopped, however slowly the page loads.
+    gateway.upstream.enqueue(Script(count=600, delay_s=0.05), Script(tokens=["my turn"]))
     other = Client()
     try:
         await other.connect(gateway.url, gateway.token("someone-else"))
@@ -333,6 +334,7 @@ async def test_a_queued_reply_says_it_waits_for_the_model(
         await expect(reply.locator(".note.queued")).to_have_text(
             "Waiting for the model: next in line"
         )
+        await other.call("chat:stop")  # the slot frees: erin's reply goes
         await expect(reply.locator(".markdown")).to_have_text("my turn", timeout=10_000)
         await expect(reply.locator(".note.queued")).to_have_count(0)
     finally:
