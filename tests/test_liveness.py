@@ -71,20 +71,25 @@ async def test_another_node_sweeps_only_a_dead_nodes_replies(
 async def test_a_reply_swept_while_its_node_lived_is_taken_back(
     gateway_factory: GatewayFactory, client_factory: type[Client]
 ) -> None:
-    """A node that missed its leases (a long pause) reclaims its replies at its next checkpoint."""
+    """A node that missed its leases (a long pause) reclaims its replies at its next checkpoint,
+    the ones still waiting for their first token as well as the ones that grew."""
     async with gateway_factory(checkpoint_interval_s=60) as gw:
         chat = gw.services.chat
-        client = client_factory()
-        await client.connect(gw.url, gw.token())
-        gw.upstream.enqueue(Script(count=50, delay_s=0.05))
-        ack = await client.call("chat:start", {"message": "long"})
-        await client.wait_for("chat:message")
+        talking, silent = client_factory(), client_factory()
+        await talking.connect(gw.url, gw.token("ann"))
+        await silent.connect(gw.url, gw.token("ben"))
+        gw.upstream.enqueue(Script(count=50, delay_s=0.05), Script(count=3, first_delay_s=2))
+        acks = [await talking.call("chat:start", {"message": "long"})]
+        await talking.wait_for("chat:message")
+        acks.append(await silent.call("chat:start", {"message": "thinking"}))
         # Another node, with a clock far ahead, finds this node's lease lapsed.
         swept = await chat.repository.sweep_stale("other-node", utcnow() + timedelta(hours=1))
-        assert swept == 1 and await _status(gw, ack["messageId"]) == "interrupted"
+        assert swept == 2
+        assert [await _status(gw, a["messageId"]) for a in acks] == ["interrupted"] * 2
         await asyncio.sleep(0.1)
-        assert await chat.checkpoint_once() == 1
-        assert await _status(gw, ack["messageId"]) == "streaming"
+        assert await chat.checkpoint_once() == 1  # one of them grew
+        assert [await _status(gw, a["messageId"]) for a in acks] == ["streaming"] * 2
         assert await chat.sweep_stale() == 0  # its own lease is fresh again
-        await client.wait_for("chat:end", timeout=10)
-        assert await _status(gw, ack["messageId"]) == "complete"
+        for client, ack in zip((talking, silent), acks, strict=True):
+            await client.wait_for("chat:end", timeout=10)
+            assert await _status(gw, ack["messageId"]) == "complete"

@@ -479,14 +479,13 @@ class ChatService:
         minutes (a long prompt on a CPU, a reasoning model, a queued request)
         and the reply is alive all that time. Returns how many replies were saved.
         """
-        grown = [
-            (reply, len(reply.parts))
-            for reply in self.replies
-            if len(reply.parts) != reply.checkpointed_parts and reply.committed.is_set()
-        ]
+        live = [reply for reply in self.replies if reply.committed.is_set()]
+        grown = [(r, len(r.parts)) for r in live if len(r.parts) != r.checkpointed_parts]
         try:
             await self.repository.heartbeat(
-                self.node_id, {r.message_id: "".join(r.parts[:n]) for r, n in grown}
+                self.node_id,
+                {r.message_id: "".join(r.parts[:n]) for r, n in grown},
+                [r.message_id for r in live],
             )
         except Unavailable:
             log.warning("checkpoint skipped: database unavailable")

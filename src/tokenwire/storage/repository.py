@@ -124,6 +124,17 @@ _CHECKPOINT = (
         updated_at=bindparam("b_now"),
     )
 )
+# When a node finds its lease gone (another node found it lapsed), it takes
+# back its live replies that were swept, grown or not.
+_RECLAIM = (
+    update(_M)
+    .where(
+        _M.c.id == bindparam("b_id"),
+        _M.c.node_id == bindparam("b_node"),
+        _M.c.status == _INTERRUPTED,
+    )
+    .values(status=_STREAMING, finish_reason=None)
+)
 _RENEW_LEASE = (
     update(_N).where(_N.c.id == bindparam("b_node")).values(heartbeat_at=bindparam("b_now"))
 )
@@ -249,11 +260,15 @@ class Repository:
             # The conversation was deleted between reading its history and now.
             raise NotFound() from exc
 
-    async def heartbeat(self, node_id: str, contents: dict[str, str]) -> None:
+    async def heartbeat(
+        self, node_id: str, contents: dict[str, str], live: list[str] | None = None
+    ) -> None:
         """Renew the node's lease and save what its streaming replies have so far, in one transaction.
 
         The lease is what keeps every reply of this node alive for the sweep,
         text or no text; `contents` (the replies that grew) is crash recovery.
+        If the lease was gone, the node's `live` replies that were swept
+        meanwhile are taken back.
         """
         now = utcnow()
         rows = [
@@ -264,6 +279,8 @@ class Repository:
         def beat(conn: Connection) -> None:
             if not conn.execute(_RENEW_LEASE, {"b_node": node_id, "b_now": now}).rowcount:
                 conn.execute(_TAKE_LEASE, {"id": node_id, "started_at": now, "heartbeat_at": now})
+                if live:
+                    conn.execute(_RECLAIM, [{"b_id": mid, "b_node": node_id} for mid in live])
             if rows:
                 conn.execute(_CHECKPOINT, rows)
 
