@@ -130,6 +130,7 @@ async def _close_manager(manager: Any) -> None:
 def create_app(settings: Settings) -> TokenwireApp:
     namespace = AiNamespace(settings)
     sio = GatewayServer(
+        lean_engine=settings.lean_engine,
         async_mode="asgi",
         client_manager=socketio.AsyncRedisManager(settings.redis_url)
         if settings.redis_url

@@ -34,9 +34,15 @@ def _program() -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from tokenwire.app import create_app
+    from tokenwire.compat import IncompatibleDependency
     from tokenwire.logs import configure_logging
-    from tokenwire.server import GracefulServer, uvicorn_config
+
+    try:
+        from tokenwire.app import create_app
+        from tokenwire.server import GracefulServer, uvicorn_config
+    except IncompatibleDependency as exc:  # one line, not a traceback (see compat)
+        print(f"tokenwire: {exc}", file=sys.stderr)
+        return 2
 
     settings = _settings(host=args.host, port=args.port)
     configure_logging(settings.log_level, json=settings.is_production)

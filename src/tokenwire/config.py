@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     ping_timeout: float = Field(20, gt=0)
     ws_compression: bool = False
     shutdown_grace_s: float = Field(10, ge=0)
+    # False: python-engineio's own sockets and uvicorn's own WebSocket protocol
+    # instead of the lean layer (wire/engine.py, server.LeanWebSocketProtocol),
+    # for when a library release and the lean layer disagree.
+    lean_engine: bool = True
 
     # --- authentication
     jwt_secret: str = ""

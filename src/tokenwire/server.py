@@ -34,15 +34,22 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 from websockets.http11 import Request
 
+from tokenwire import compat
 from tokenwire.app import DISCONNECT_CLIENTS_S, TokenwireApp
 from tokenwire.chat.service import INTERRUPT_SAVE_S
 from tokenwire.closing import CLOSE_RESOURCE_S
 from tokenwire.config import Settings
 from tokenwire.wire.engine import LeanEvent, LeanQueue
+
+compat.verify("uvicorn")
+compat.verify("websockets")
+# After the check, so a uvicorn without it (< 0.35) stops with the check's line.
+from uvicorn.protocols.websockets.websockets_sansio_impl import (  # noqa: E402
+    WebSocketsSansIOProtocol,
+)
 
 __all__ = [
     "GC_THRESHOLDS",
@@ -281,7 +288,8 @@ def uvicorn_config(app: TokenwireApp, settings: Settings, **overrides: object) -
         "http": "httptools",
         # websockets-sansio, lightened (above). wsproto was measured too: with
         # the same changes it holds as much per connection (B4, within 0.3 KiB).
-        "ws": LeanWebSocketProtocol,
+        # LEAN_ENGINE=false: uvicorn's own, the class LeanWebSocketProtocol extends.
+        "ws": LeanWebSocketProtocol if settings.lean_engine else "websockets-sansio",
         "ws_per_message_deflate": settings.ws_compression,
         # Socket.IO runs its own heartbeat (PING_INTERVAL / PING_TIMEOUT).
         "ws_ping_interval": None,

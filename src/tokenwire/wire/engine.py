@@ -44,6 +44,10 @@ import engineio
 from engineio import exceptions, packet
 from engineio.async_socket import AsyncSocket
 
+from tokenwire import compat
+
+compat.verify("python-engineio")  # before a connection meets a method that changed shape
+
 __all__ = ["GatewayEngine", "LeanEvent", "LeanQueue", "LeanSocket"]
 
 T = TypeVar("T")

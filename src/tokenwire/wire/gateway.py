@@ -19,6 +19,7 @@ from typing import Any
 import engineio
 import socketio
 
+from tokenwire import compat
 from tokenwire.auth import Principal
 from tokenwire.chat import ChatService
 from tokenwire.chat.writer import Sink
@@ -35,6 +36,8 @@ from tokenwire.logs import bind
 from tokenwire.wire.codec import event_packet
 from tokenwire.wire.engine import GatewayEngine
 from tokenwire.wire.payloads import parse_start
+
+compat.verify("python-socketio")  # before a connection meets a method that changed shape
 
 __all__ = ["AiNamespace", "GatewayServer", "Runtime", "shown_event_name"]
 
@@ -73,11 +76,17 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
     go no further.
 
     Its Engine.IO server is `GatewayEngine` (see `wire.engine`): the same
-    protocol, keeping a third of what python-engineio kept per idle client.
+    protocol, keeping a third of what python-engineio kept per idle client;
+    with `lean_engine=False` (LEAN_ENGINE=false), python-engineio's own. The
+    two guards here stay either way: they fix python-socketio, not memory.
     """
 
-    def _engineio_server_class(self) -> type[GatewayEngine]:
-        return GatewayEngine
+    def __init__(self, *args: Any, lean_engine: bool = True, **kwargs: Any) -> None:
+        self._lean_engine = lean_engine  # read by the base's __init__, below
+        super().__init__(*args, **kwargs)
+
+    def _engineio_server_class(self) -> type[engineio.AsyncServer]:
+        return GatewayEngine if self._lean_engine else engineio.AsyncServer
 
     def handle_request(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
         # python-socketio's own version awaits engine.io's; handing engine.io's
