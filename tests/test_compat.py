@@ -156,8 +156,11 @@ async def test_lean_engine_false_streams_over_stock_engineio_sockets(
 
 
 async def test_lean_engine_is_the_default(
-    gateway_factory: GatewayFactory, client_factory: Callable[[], Client]
+    gateway_factory: GatewayFactory,
+    client_factory: Callable[[], Client],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("LEAN_ENGINE", raising=False)  # `./dev check-stock` sets it
     async with gateway_factory() as gateway:
         assert gateway.settings.lean_engine is True
         assert type(gateway.app.sio.eio) is GatewayEngine
