@@ -100,18 +100,29 @@ _PARTS: dict[str, tuple[_Method | _Attribute, ...]] = {
         _Method(_ENGINE_SOCKET, "_websocket_handler", "self, ws"),
         *(
             _Attribute(_ENGINE_SOCKET, name)
-            for name in ("queue", "last_ping", "connected", "upgrading", "upgraded", "closing")
+            for name in (
+                "queue",
+                "last_ping",
+                "connected",
+                "upgrading",
+                "upgraded",
+                "closing",
+                "closed",
+            )
         ),
     ),
-    # wire.gateway: GatewayServer; app: the Redis manager's close.
+    # wire.gateway: GatewayServer; app: the drain and the Redis manager's close.
     "python-socketio": (
         _Method(_SIO_SERVER, "_engineio_server_class", "self"),
         _Method(_SIO_SERVER, "handle_request", "self, *args, **kwargs"),
         _Method(_SIO_SERVER, "_handle_eio_disconnect", "self, eio_sid, reason"),
         _Method(_SIO_SERVER, "_handle_event", "self, eio_sid, namespace, id, data"),
+        _Method(_SIO_SERVER, "_handle_eio_message", "self, eio_sid, data"),
         _Method(_SIO_SERVER, "_send_packet", "self, eio_sid, pkt"),
         _Attribute(_SIO_SERVER, "reserved_events"),
         _Attribute(_SIO_SERVER, "packet_class"),
+        _Attribute(_SIO_SERVER, "environ"),
+        _Method(_SIO_SERVER, "shutdown", "self"),
         _Method("socketio.async_namespace:AsyncNamespace", "trigger_event", "self, event, *args"),
         _Method(_SIO_MANAGER, "sid_from_eio_sid", "self, eio_sid, namespace"),
         _Method(_SIO_MANAGER, "eio_sid_from_sid", "self, sid, namespace"),
@@ -120,14 +131,14 @@ _PARTS: dict[str, tuple[_Method | _Attribute, ...]] = {
         _Attribute(_SIO_REDIS, "pubsub"),
         _Attribute(_SIO_REDIS, "redis"),
     ),
-    # server: GracefulServer and LeanWebSocketProtocol.
+    # server: GracefulServer (and its drop of stalled connections) and LeanWebSocketProtocol.
     "uvicorn": (
         _Method(_UVICORN_SERVER, "handle_exit", "self, sig, frame"),
         _Method(_UVICORN_SERVER, "startup", "self, sockets="),
         _Method(_UVICORN_SERVER, "shutdown", "self, sockets="),
         *(
             _Attribute(_UVICORN_SERVER, name)
-            for name in ("servers", "started", "should_exit", "force_exit")
+            for name in ("servers", "server_state", "started", "should_exit", "force_exit")
         ),
         _Method(_UVICORN_WS, "__init__", "self, config, server_state, app_state, _loop="),
         _Method(_UVICORN_WS, "handle_connect", "self, event"),
