@@ -52,11 +52,11 @@ class _Via:
         self.client.on("chat:end", self._end, namespace="/ai")
         self.client.on("chat:error", self._end, namespace="/ai")
 
-    async def _message(self, _data: object) -> None:
+    async def _message(self, _data: object, *_offset: object) -> None:
         if not self.first:
             self.first = time.perf_counter()
 
-    async def _end(self, _data: object) -> None:
+    async def _end(self, _data: object, *_offset: object) -> None:
         self.done.set()
 
     async def sample(self) -> float:

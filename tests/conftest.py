@@ -216,7 +216,7 @@ class Client:
         self.sio.on("connect_error", self._on_connect_error, namespace="/ai")
 
     def _recorder(self, name: str) -> Callable[[Any], Awaitable[None]]:
-        async def record(data: Any = None) -> None:
+        async def record(data: Any = None, *_offset: Any) -> None:
             self.events.append((name, data))
             async with self._changed:
                 self._changed.notify_all()

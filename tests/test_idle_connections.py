@@ -394,7 +394,7 @@ async def test_a_client_that_reads_slowly_gets_every_chunk_in_order(
                     frame = str(await ws.recv())
                     if not frame.startswith("42/ai,"):
                         continue
-                    name, payload = json.loads(frame[6:])
+                    name, payload, *_offset = json.loads(frame[6:])
                     if name == "chat:message":
                         assert payload["offset"] == offset
                         text += payload["content"]

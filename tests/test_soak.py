@@ -149,7 +149,7 @@ class Participant:
             self.sio.on(name, self._recorder(name), namespace="/ai")
 
     def _recorder(self, name: str) -> Callable[[Any], Any]:
-        async def record(data: Any = None) -> None:
+        async def record(data: Any = None, *_offset: Any) -> None:
             message_id = data.get("messageId") if isinstance(data, dict) else None
             if message_id is None:
                 self.unattached_errors.append((name, data))

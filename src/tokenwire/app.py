@@ -32,7 +32,8 @@ from tokenwire.errors import TokenwireError
 from tokenwire.services import Services
 from tokenwire.wire.admin import AdminNamespace
 from tokenwire.wire.codec import OrjsonCodec
-from tokenwire.wire.gateway import AiNamespace, GatewayServer, Runtime
+from tokenwire.wire.gateway import NAMESPACE, AiNamespace, GatewayServer, Runtime
+from tokenwire.wire.recovery import MemorySessionStore
 
 __all__ = ["DISCONNECT_CLIENTS_S", "TokenwireApp", "create_app"]
 
@@ -147,6 +148,18 @@ def create_app(settings: Settings) -> TokenwireApp:
         engineio_logger=False,
     )
     sio.register_namespace(namespace)
+    if settings.connection_recovery:
+        sio.enable_recovery(
+            MemorySessionStore(
+                window_s=settings.connection_recovery_s,
+                # Packets sent are kept as long as a dead connection can go
+                # unnoticed: its client may not have had them.
+                retain_s=settings.ping_interval + settings.ping_timeout,
+                max_chars=settings.connection_recovery_max_bytes,
+                on_expire=sio.expire_session,
+            ),
+            frozenset({NAMESPACE}),
+        )
     admin = AdminNamespace()
     sio.register_namespace(admin)
 

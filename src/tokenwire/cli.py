@@ -109,22 +109,23 @@ async def _chat_session(url: str, token: str, args: argparse.Namespace) -> int:
     done = asyncio.Event()
     outcome: dict[str, Any] = {}
 
-    async def _conversation(data: dict[str, Any]) -> None:
+    # With connection state recovery on, every event carries its offset as a last argument.
+    async def _conversation(data: dict[str, Any], *_offset: str) -> None:
         outcome["conversationId"] = data.get("conversationId")
 
-    async def _message(data: dict[str, Any]) -> None:
+    async def _message(data: dict[str, Any], *_offset: str) -> None:
         sys.stdout.write(str(data.get("content", "")))
         sys.stdout.flush()
 
-    async def _end(data: dict[str, Any]) -> None:
+    async def _end(data: dict[str, Any], *_offset: str) -> None:
         outcome.update(data, kind="end")
         done.set()
 
-    async def _stopped(data: dict[str, Any]) -> None:
+    async def _stopped(data: dict[str, Any], *_offset: str) -> None:
         outcome.update(data, kind="stopped")
         done.set()
 
-    async def _error(data: dict[str, Any]) -> None:
+    async def _error(data: dict[str, Any], *_offset: str) -> None:
         outcome.update(data, kind="error")
         done.set()
 

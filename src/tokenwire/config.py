@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     # --- streaming
     stream_flush_ms: float = Field(50, ge=0)
 
+    # --- Socket.IO connection state recovery (see wire/recovery.py)
+    connection_recovery: bool = True
+    connection_recovery_s: float = Field(120, gt=0)
+    connection_recovery_max_bytes: int = Field(131_072, ge=1024)
+
     # --- limits
     rate_limit_chat: str = "20/minute"
     max_streams_per_user: int = Field(3, ge=1)

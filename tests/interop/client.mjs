@@ -71,6 +71,10 @@ const watchdog = setTimeout(() => fail(new Error(`scenario '${scenario}' timed o
 watchdog.unref();
 
 const options = { reconnection: false };
+if (env.INTEROP_RECONNECT === '1') {
+  // The recovery scenarios: socket.io-client reconnects by itself, quickly.
+  Object.assign(options, { reconnection: true, reconnectionDelay: 100, reconnectionDelayMax: 200 });
+}
 if (token !== undefined) options.auth = { token };
 if (transports) options.transports = transports;
 if (env.INTEROP_ORIGIN) options.extraHeaders = { Origin: env.INTEROP_ORIGIN };
@@ -88,6 +92,8 @@ const received = []; // [name, data] of every server event, in order
 const waiters = [];
 
 socket.onAny((name, ...args) => {
+  // With connection state recovery each event's last argument is its offset (a string).
+  if (args.length === 2 && typeof args[1] === 'string') args = args.slice(0, 1);
   const data = args.length <= 1 ? (args[0] ?? null) : args;
   received.push([name, data]);
   out(name, data);
@@ -213,6 +219,35 @@ const scenarios = {
     });
     await connected();
     await ack('stop', 'chat:stop');
+  },
+
+  /**
+   * Connection state recovery: start a long reply and keep reading while the
+   * test cuts the connection (INTEROP_RECONNECT=1); socket.io-client
+   * reconnects with its pid and offset. Reports whether the session came
+   * back (`socket.recovered`, the same id) and the text the guide's
+   * component would hold: every chunk's content appended, as it arrives.
+   */
+  async recover() {
+    let text = '';
+    const before = [];
+    socket.on('chat:message', (chunk) => {
+      before.push(text.length);
+      text += chunk.content;
+    });
+    const connects = [];
+    socket.on('connect', () => connects.push({ id: socket.id, recovered: socket.recovered }));
+    await connected();
+    socket.emit('chat:start', { userId, message });
+    if (env.INTEROP_CUT === 'engine') {
+      // socket.io's own way to test it: close the Engine.IO connection.
+      await nextEvent('chat:message');
+      await sleep(200);
+      socket.io.engine.close();
+    }
+    await nextEvent('chat:end');
+    out('_text', { text, length: text.length, before });
+    out('_connects', connects);
   },
 
   /** Connect or be refused; with reconnection off, the first outcome is the only one. */

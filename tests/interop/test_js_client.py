@@ -118,6 +118,8 @@ async def run_client(
     message: str = "Say hello",
     retries: int | None = None,
     linger: bool = False,
+    reconnect: bool = False,
+    cut: str | None = None,
 ) -> Run:
     """Run one scenario of client.mjs against `url`; fails the test unless it ran to the end."""
     assert NODE is not None
@@ -129,6 +131,10 @@ async def run_client(
     )
     if linger:
         env["INTEROP_LINGER"] = "1"
+    if reconnect:
+        env["INTEROP_RECONNECT"] = "1"
+    if cut is not None:
+        env["INTEROP_CUT"] = cut
     for key, value in {
         "INTEROP_TOKEN": token,
         "INTEROP_FRESH_TOKEN": fresh_token,

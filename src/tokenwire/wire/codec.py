@@ -43,11 +43,15 @@ class OrjsonCodec:
             return json.loads(data)
 
 
-def event_packet(namespace: str, event: str, payload: Any) -> str:
+def event_packet(namespace: str, event: str, payload: Any, offset: int | None = None) -> str:
     """The text of a Socket.IO EVENT packet without an ack id: `2/ns,["event",payload]`.
 
     Byte for byte what python-socketio's `Packet.encode` writes for text data
     (tests/test_codec.py checks), without its per-call walk for binary parts.
+    With an `offset` (connection state recovery) it is the last argument, as
+    a string: `2/ns,["event",payload,"17"]`.
     """
     prefix = "2" if namespace == "/" else f"2{namespace},"
-    return prefix + OrjsonCodec.dumps([event, payload])
+    if offset is None:
+        return prefix + OrjsonCodec.dumps([event, payload])
+    return prefix + OrjsonCodec.dumps([event, payload, str(offset)])

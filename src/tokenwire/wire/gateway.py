@@ -36,6 +36,7 @@ from tokenwire.logs import bind
 from tokenwire.wire.codec import event_packet
 from tokenwire.wire.engine import GatewayEngine
 from tokenwire.wire.payloads import parse_start
+from tokenwire.wire.recovery import RecoveringServer, next_offset
 
 compat.verify("python-socketio")  # before a connection meets a method that changed shape
 
@@ -65,7 +66,7 @@ class Runtime:
         self.verify = verify
 
 
-class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
+class GatewayServer(RecoveringServer):
     """python-socketio's server, refusing event packets that it would mis-dispatch.
 
     python-socketio hands a client's EVENT packet named `connect` or
@@ -179,6 +180,11 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     # --- connection
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        principal = await self._admit(sid, environ, auth)
+        self._count_in(sid, principal)
+
+    async def _admit(self, sid: str, environ: dict[str, Any], auth: Any) -> Principal | None:
+        """Who this connection is, or ConnectionRefusedError ('unauthorized' or 'rate_limited')."""
         runtime = self._runtime()
         ip = _client_ip(environ)
         try:
@@ -201,31 +207,74 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                     "unauthorized", {"code": exc.code, "message": exc.message}
                 ) from None
         if principal is not None:
-            count = self._per_user.get(principal.user_id, 0)
-            if count >= self.settings.max_connections_per_user:
+            if self._per_user.get(principal.user_id, 0) >= self.settings.max_connections_per_user:
                 raise socketio.exceptions.ConnectionRefusedError(
                     "rate_limited",
                     {"code": "RATE_LIMIT", "message": "Too many open connections for this user."},
                 )
-            self._per_user[principal.user_id] = count + 1
+        return principal
+
+    def _count_in(self, sid: str, principal: Principal | None) -> None:
+        if principal is not None:
+            self._per_user[principal.user_id] = self._per_user.get(principal.user_id, 0) + 1
             self.principals[sid] = principal
         self.connected += 1
         with bind(sid=sid, user_id=principal.user_id if principal else None):
             log.info("client connected; %d connected", self.connected)
 
-    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+    def _count_out(self, principal: Principal | None) -> None:
         self.connected -= 1
-        principal = self.principals.pop(sid, None)
         if principal is not None:
             left = self._per_user.get(principal.user_id, 1) - 1
             if left > 0:
                 self._per_user[principal.user_id] = left
             else:
                 self._per_user.pop(principal.user_id, None)
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        principal = self.principals.pop(sid, None)
+        self._count_out(principal)
         if self.runtime is not None:
             self.runtime.chat.detach(sid)
         with bind(sid=sid, user_id=principal.user_id if principal else None):
             log.info("client disconnected (%s); %d connected", reason, self.connected)
+
+    # --- connection state recovery (see wire.recovery)
+
+    def user_of(self, sid: str) -> str | None:
+        principal = self.principals.get(sid)
+        return principal.user_id if principal is not None else None
+
+    async def session_away(self, sid: str) -> None:
+        """The connection dropped; its session (and its reply) waits for the client to return.
+
+        It no longer counts against MAX_CONNECTIONS_PER_USER (a reload must
+        not be refused), but keeps its principal, and its reply keeps
+        writing into the session's buffer.
+        """
+        principal = self.principals.get(sid)
+        self._count_out(principal)
+        with bind(sid=sid, user_id=principal.user_id if principal else None):
+            log.info("connection lost; session kept for recovery; %d connected", self.connected)
+
+    async def recover(
+        self, sid: str, environ: dict[str, Any], auth: Any, user_id: str | None
+    ) -> bool:
+        """Admit a returning client to its session: its token is checked again, and must be the same user's."""
+        principal = await self._admit(sid, environ, auth)
+        if (principal.user_id if principal is not None else None) != user_id:
+            return False
+        self.principals.pop(sid, None)
+        self._count_in(sid, principal)
+        return True
+
+    async def session_expired(self, sid: str) -> None:
+        """Its client did not come back within CONNECTION_RECOVERY_S: as a disconnect, counted already."""
+        principal = self.principals.pop(sid, None)
+        if self.runtime is not None:
+            self.runtime.chat.detach(sid)
+        with bind(sid=sid, user_id=principal.user_id if principal else None):
+            log.info("session not recovered in time; released")
 
     # --- events
 
@@ -311,22 +360,41 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         eio = server.eio
         eio_sid = manager.eio_sid_from_sid(sid, NAMESPACE)
         message = engineio.packet.MESSAGE
+        recovery = server.recovery
+        session = recovery.for_sid(sid) if recovery is not None else None
 
         async def emit(event: str, payload: dict[str, Any]) -> None:
+            if session is not None and recovery is not None:
+                # Recoverable: every event is kept with its offset, and is only
+                # kept while the connection is gone (the replay sends it).
+                offset = next_offset()
+                text = event_packet(NAMESPACE, event, payload, offset)
+                recovery.record(session, offset, text)
+                current = session.eio_sid
+                if current is None or recovery.for_sid(sid) is not session:
+                    return
+                socket = eio.sockets.get(current)
+                if socket is not None:
+                    await socket.send(engineio.packet.Packet(message, text))
+                return
             socket = eio.sockets.get(eio_sid)
             if socket is None or not manager.is_connected(sid, NAMESPACE):
                 return  # gone; `on_disconnect` detaches the reply
             packet = engineio.packet.Packet(message, event_packet(NAMESPACE, event, payload))
             await socket.send(packet)
 
+        def _socket() -> Any:
+            current = session.eio_sid if session is not None else eio_sid
+            return eio.sockets.get(current) if current is not None else None
+
         def backlog() -> int:
-            socket = eio.sockets.get(eio_sid)
+            socket = _socket()
             return socket.queue.qsize() if socket is not None else 0
 
         async def disconnect() -> None:
             # Engine.IO level, without waiting: a polite close would queue
             # behind everything the client never read and wait for it forever.
-            socket = eio.sockets.get(eio_sid)
+            socket = _socket()
             if socket is None:
                 return
             _discard_queue(socket.queue)
