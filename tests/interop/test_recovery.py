@@ -34,10 +34,13 @@ async def _cut_after(gateway: Gateway, proxy: object, tokens: int) -> None:
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)
     # Long-polling's requests come and go (an idle keep-alive connection can
-    # be cut without the client noticing): keep cutting for a moment, so a
-    # request in flight is among them, as when a network drops.
+    # be cut without the client noticing): keep cutting until the client has
+    # noticed and opened a new Engine.IO session, then let it through.
+    sessions = set(gateway.app.sio.eio.sockets)
     cut = 0
-    for _ in range(40):
+    for _ in range(400):
+        if set(gateway.app.sio.eio.sockets) - sessions:
+            break
         cut += proxy.cut()  # type: ignore[attr-defined]
         await asyncio.sleep(0.005)
     assert cut > 0
