@@ -123,6 +123,22 @@ _PARTS: dict[str, tuple[_Method | _Attribute, ...]] = {
         _Attribute(_SIO_SERVER, "packet_class"),
         _Attribute(_SIO_SERVER, "environ"),
         _Method(_SIO_SERVER, "shutdown", "self"),
+        # wire.recovery: RecoveringServer (connection state recovery).
+        _Method(_SIO_SERVER, "_handle_connect", "self, eio_sid, namespace, data"),
+        _Method(_SIO_SERVER, "_send_eio_packet", "self, eio_sid, eio_pkt"),
+        _Method(_SIO_SERVER, "_handle_disconnect", "self, eio_sid, namespace, reason="),
+        _Method(
+            _SIO_SERVER,
+            "emit",
+            "self, event, data=, to=, room=, skip_sid=, namespace=, callback=, ignore_queue=",
+        ),
+        _Attribute(_SIO_SERVER, "namespace_handlers"),
+        _Method(_SIO_MANAGER, "basic_enter_room", "self, sid, namespace, room, eio_sid="),
+        _Method(_SIO_MANAGER, "pre_disconnect", "self, sid, namespace"),
+        _Method(_SIO_MANAGER, "get_rooms", "self, sid, namespace"),
+        _Method(
+            "socketio.async_manager:AsyncManager", "disconnect", "self, sid, namespace, **kwargs"
+        ),
         _Method("socketio.async_namespace:AsyncNamespace", "trigger_event", "self, event, *args"),
         _Method(_SIO_MANAGER, "sid_from_eio_sid", "self, eio_sid, namespace"),
         _Method(_SIO_MANAGER, "eio_sid_from_sid", "self, sid, namespace"),
