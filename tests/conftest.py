@@ -10,7 +10,7 @@ can never pass by skipping them.
 With LEAN_ENGINE=false in the environment (`./dev check-stock`), every
 Settings, and so every server the tests start, uses python-engineio's own
 sockets and uvicorn's own WebSocket protocol; the tests listed in
-`STOCK_ENGINE_EXCLUDED` exercise a fix of the lean layer and are skipped.
+`STOCK_ENGINE_EXCLUDED` look at the lean layer's own objects and are skipped.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ REQUIRE_SERVICES = os.environ.get("TOKENWIRE_REQUIRE_SERVICES") == "1"
 SECRET = "test-secret-long-enough-for-every-hmac-algorithm-0123456789abcdef"
 
 
-# Tests of what only the lean layer does, with the reason; skipped under LEAN_ENGINE=false.
-# docs/upstream-bugs.md describes each python-engineio behaviour with a reproduction.
+# Tests of what only the lean layer has, with the reason; skipped under LEAN_ENGINE=false.
+# The fixes of python-socketio (docs/upstream-bugs.md 1, 2, 5) stay in that mode, and
+# every test of them runs; no other test needed excluding (./dev check-stock passes).
 _LEAN_OBJECTS = "asserts the lean layer's own objects (LeanSocket, its clock, its writer task)"
 STOCK_ENGINE_EXCLUDED: dict[str, str] = {
     f"tests/test_idle_connections.py::{name}": _LEAN_OBJECTS
