@@ -12,9 +12,11 @@ import pytest
 import uvloop
 
 from tests.conftest import Client, GatewayFactory
+from tokenwire.chat.events import Event
 from tokenwire.chat.writer import ChunkWriter, Sink
 from tokenwire.pacing import LEAD_S, Beat, next_beat
 from tokenwire.testing import Script
+from tokenwire.wire.protocol import encode
 
 # Timers on a loaded CI machine fire late, never much early (uvloop keeps ms).
 LATE_S = 0.03
@@ -80,7 +82,8 @@ async def test_frames_after_the_first_fall_on_the_beat() -> None:
     loop = asyncio.get_running_loop()
     sent: list[tuple[float, dict[str, Any]]] = []
 
-    async def emit(_event: str, payload: dict[str, Any]) -> None:
+    async def emit(event: Event) -> None:
+        payload = encode(event)[1]
         sent.append((loop.time(), payload))
 
     writer = ChunkWriter(Sink(emit), message_id="m", conversation_id="c", flush_s=0.1)

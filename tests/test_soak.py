@@ -40,8 +40,10 @@ import pytest
 import socketio
 
 from tests.conftest import Client, Gateway, GatewayFactory, close_client
+from tokenwire.chat.events import Event
 from tokenwire.chat.writer import ChunkWriter, Sink, utf16_len
 from tokenwire.testing import Script, UpstreamDouble, UpstreamRequest, serve
+from tokenwire.wire.protocol import encode
 
 SEED = 20240603
 USERS = 40
@@ -501,7 +503,8 @@ async def test_tokens_held_back_while_the_socket_lags_keep_their_place() -> None
     frames: list[dict[str, Any]] = []
     depth = [0]  # frames waiting in the socket's send queue
 
-    async def emit(_event: str, payload: dict[str, Any]) -> None:
+    async def emit(event: Event) -> None:
+        payload = encode(event)[1]
         frames.append(payload)
 
     writer = ChunkWriter(

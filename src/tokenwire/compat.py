@@ -117,6 +117,11 @@ _PARTS: dict[str, tuple[_Method | _Attribute, ...]] = {
         _Method(_SIO_SERVER, "handle_request", "self, *args, **kwargs"),
         _Method(_SIO_SERVER, "_handle_eio_disconnect", "self, eio_sid, reason"),
         _Method(_SIO_SERVER, "_handle_event", "self, eio_sid, namespace, id, data"),
+        _Method(
+            _SIO_SERVER,
+            "_handle_event_internal",
+            "self, server, sid, eio_sid, data, namespace, id",
+        ),
         _Method(_SIO_SERVER, "_handle_eio_message", "self, eio_sid, data"),
         _Method(_SIO_SERVER, "_send_packet", "self, eio_sid, pkt"),
         _Attribute(_SIO_SERVER, "reserved_events"),

@@ -2,16 +2,20 @@
 
 `start` commits the user's message and an empty `streaming` reply in one
 transaction, announces them, and hands the reply to a task it owns; that task
-pumps the provider's stream into the socket, then saves the reply with its
-final status and emits exactly one final event:
+pumps the provider's stream into the reply's log (`chat.log`), then saves the
+reply with its final status and tells every follower exactly once that it
+`Finished`:
 
     complete     -> chat:end        (all of it reached the upstream's finish)
-    stopped      -> chat:stopped    (chat:stop, or the conversation was deleted)
+    stopped      -> chat:stopped    (a stop command, or the conversation was deleted)
     error        -> chat:error      (upstream failure or timeout)
     interrupted  -> chat:error      (SERVER_SHUTDOWN: the grace period ran out)
 
-A socket that goes away only detaches: the reply keeps generating and is saved
-whole. The service knows nothing of Socket.IO; it is handed an `Emit`.
+Followers: the socket that started the reply, the sockets joined to its
+conversation (`join`), and any that `resume` it from an offset. A follower
+that goes away only stops following: the reply keeps generating and is
+saved whole. The service knows nothing of Socket.IO; it speaks domain events
+(`chat.events`) to each follower's `Sink`.
 """
 
 from __future__ import annotations
@@ -21,13 +25,20 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from tokenwire.chat.deadline import Deadline
+from tokenwire.chat.events import (
+    ConversationCreated,
+    Finished,
+    Queued,
+    TurnAccepted,
+)
 from tokenwire.chat.limits import Limits
+from tokenwire.chat.log import MemoryReplyLog, utf16_slice
 from tokenwire.chat.queue import UpstreamQueue
 from tokenwire.chat.replies import Reply, ReplyRegistry
-from tokenwire.chat.writer import ChunkWriter, Sink
+from tokenwire.chat.rooms import Rooms
+from tokenwire.chat.writer import ChunkWriter, Sink, utf16_len
 from tokenwire.config import Settings
 from tokenwire.errors import (
     Busy,
@@ -38,15 +49,14 @@ from tokenwire.errors import (
     UpstreamError,
     UpstreamTimeout,
     ValidationFailed,
-    error_payload,
 )
 from tokenwire.metrics import Metrics
 from tokenwire.providers import ChatRequest, Provider, Reasoning, StreamEnd, Usage
 from tokenwire.storage import FinishedReply, MessageStatus, Repository, Turn
-from tokenwire.storage.models import new_id, utcnow
+from tokenwire.storage.models import Message, new_id, utcnow
 from tokenwire.tokens import count_messages, count_text, trim_history
 
-__all__ = ["INTERRUPT_SAVE_S", "ChatService", "StartChat", "Started"]
+__all__ = ["INTERRUPT_SAVE_S", "CatchUp", "ChatService", "Joined", "StartChat", "Started"]
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +88,25 @@ class Started:
     message_id: str
 
 
-def _uncancel() -> None:
-    """We cancelled this task ourselves (stop, timeout, shutdown) and handle it: carry on."""
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
+@dataclass(slots=True)
+class CatchUp:
+    """A late follower, held until its join or resume is acknowledged; `send` lets it go."""
+
+    message_id: str
+    conversation_id: str
+    writers: list[ChunkWriter]
+
+    async def send(self) -> None:
+        for writer in self.writers:
+            await writer.release()
+
+
+@dataclass(slots=True)
+class Joined:
+    conversation_id: str
+    messages: list[Message]
+    streaming: tuple[str, int] | None  # (messageId, UTF-16 units so far) of a running reply
+    catch_up: CatchUp | None
 
 
 class ChatService:
@@ -99,13 +123,14 @@ class ChatService:
         self.provider = provider
         self.limits = limits or Limits(settings)
         self.replies = ReplyRegistry()
+        self.rooms = Rooms()
         self.metrics = metrics or Metrics()
         self.metrics.streaming = self.replies.__len__
         self.queue = UpstreamQueue(settings.upstream_max_concurrency)
         self.metrics.queued = lambda: self.queue.waiting
         # Running replies are counted by characters sent (about 4 per token);
         # finished ones by their exact usage.
-        self.metrics.live_tokens = lambda: sum(r.writer.sent for r in self.replies) // 4
+        self.metrics.live_tokens = lambda: sum(r.log.length for r in self.replies) // 4
         self.accepting = True
         # This process's identity in the database: its replies carry it, and
         # its lease (`heartbeat`) keeps them from being swept while it lives.
@@ -149,16 +174,22 @@ class ChatService:
                 self.settings.default_temperature if chat.temperature is None else chat.temperature
             ),
         )
-        writer = ChunkWriter(
-            sink,
-            message_id=turn.assistant_message_id,
-            conversation_id=turn.conversation_id,
+        log_ = MemoryReplyLog(
+            turn.assistant_message_id,
+            turn.conversation_id,
             flush_s=self.settings.stream_flush_ms / 1000,
         )
-        reply = Reply(
-            turn.assistant_message_id, turn.conversation_id, user_id, sid, request, writer
-        )
+        reply = Reply(turn.assistant_message_id, turn.conversation_id, user_id, sid, request, log_)
         self.replies.add(reply)
+        # Its followers from the first event: the starting socket, and every
+        # socket joined to the conversation (all held until the turn is announced).
+        starter = sid if sid is not None else f"reply:{reply.message_id}"
+        followers = {} if turn.created else self.rooms.members(turn.conversation_id)
+        if sink is not None:
+            followers[starter] = sink
+        for key, follower in followers.items():
+            log_.follow(key, follower, 0, reasoning=True)
+            self.replies.followed(key, reply)
         # The upstream request goes out now and the turn is written while it
         # streams: neither the request nor the client's first token waits on
         # the database. The write even waits for the first token (at most
@@ -171,8 +202,8 @@ class ChatService:
         # the ids it was announced, and nothing of the turn is stored.
         reply.task = asyncio.create_task(self._run(reply), name=f"reply:{reply.message_id}")
         try:
-            await self._announce(turn, chat.message, writer)
-            await writer.release()
+            await self._announce(turn, chat.message, log_, starter)
+            await log_.release()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_WRITE_AFTER_S):
                     await reply.first_token.wait()
@@ -180,12 +211,15 @@ class ChatService:
                 turn, user_id=user_id, text=chat.message, model=model, node_id=self.node_id
             )
         except BaseException as exc:
-            reply.cancel("aborted")
+            reply.stop("aborted")
             await asyncio.shield(reply.task)
             if isinstance(exc, TokenwireError):
                 exc.ids = {"conversationId": turn.conversation_id, "messageId": reply.message_id}
             raise
         reply.committed.set()
+        reply.written.set_result(True)
+        if sid is not None and sink is not None:
+            self.rooms.join(turn.conversation_id, sid, sink)  # it follows the conversation now
         self.metrics.reply_started(model)
         log.info(
             "reply started",
@@ -227,43 +261,114 @@ class ChatService:
         max_tokens = min(max_tokens, room)
         return max_tokens, min(budget, context - max_tokens)
 
-    async def _announce(self, turn: Turn, text: str, writer: ChunkWriter) -> None:
-        """chat:conversation (for a new one) and chat:user-message, before any chunk."""
+    async def _announce(self, turn: Turn, text: str, log_: MemoryReplyLog, starter: str) -> None:
+        """chat:conversation (for a new one, to its starter) and chat:user-message, before any chunk."""
         if turn.created:
-            await writer.event("chat:conversation", {"conversationId": turn.conversation_id})
-        await writer.event(
-            "chat:user-message",
-            {
-                "messageId": turn.user_message_id,
-                "content": text,
-                "conversationId": turn.conversation_id,
-            },
-        )
+            await log_.announce(ConversationCreated(turn.conversation_id), only=starter)
+        await log_.announce(TurnAccepted(turn.conversation_id, turn.user_message_id, text))
+
+    # --- commands: stop, follow
 
     async def stop(self, sid: str) -> Reply | None:
-        """Stop this socket's running reply and wait until it is saved and announced."""
+        """Stop the reply this socket started and wait until it is saved and announced."""
         return await self._stop(self.replies.for_sid(sid))
 
     async def stop_message(self, message_id: str) -> Reply | None:
         """Stop any running reply by id (the admin dashboard's Stop button)."""
         return await self._stop(self.replies.get(message_id))
 
+    async def stop_reply(
+        self, user_id: str, *, message_id: str | None = None, conversation_id: str | None = None
+    ) -> Reply | None:
+        """Stop the user's reply, named by its id or its conversation's, from any socket.
+
+        Someone else's reply is not found, exactly like a missing one.
+        """
+        if message_id is not None:
+            reply = self.replies.get(message_id)
+        else:
+            running = self.replies.in_conversation(conversation_id or "")
+            reply = next((r for r in running if r.user_id == user_id), None)
+        if reply is None or reply.user_id != user_id:
+            return None
+        return await self._stop(reply)
+
     async def _stop(self, reply: Reply | None) -> Reply | None:
         if reply is None or reply.task is None:
             return None
-        reply.cancel("stopped")
+        reply.stop("stopped")
         await asyncio.shield(reply.task)
         return reply
 
+    async def join(self, user_id: str, key: str, sink: Sink, conversation_id: str) -> Joined:
+        """Follow a conversation: its messages now, every event of it from here on.
+
+        A reply of it that is running is followed from offset 0: its text so
+        far goes out as one chunk when the caller sends the catch-up (after
+        the acknowledgement), then live. Someone else's conversation is
+        NotFound, like a missing one (the repository checks).
+        """
+        messages = await self.repository.list_messages(user_id, conversation_id)
+        # No await from here on: the membership, the running reply's catch-up
+        # and its live text are taken in one step.
+        self.rooms.join(conversation_id, key, sink)
+        streaming: tuple[str, int] | None = None
+        writers: list[ChunkWriter] = []
+        for reply in self.replies.in_conversation(conversation_id):
+            if reply.user_id != user_id:
+                continue
+            writers.append(reply.log.follow(key, sink, 0, reasoning=True))
+            self.replies.followed(key, reply)
+            streaming = (reply.message_id, reply.log.length)
+        catch_up = CatchUp(streaming[0], conversation_id, writers) if streaming else None
+        return Joined(conversation_id, messages, streaming, catch_up)
+
+    def leave(self, key: str, conversation_id: str) -> bool:
+        """Stop following a conversation and its running replies; False if it was not joined."""
+        for reply in self.replies.following(key):
+            if reply.conversation_id == conversation_id:
+                self.replies.unfollow(key, reply)
+        return self.rooms.leave(conversation_id, key)
+
+    async def resume(
+        self, user_id: str, key: str, sink: Sink, message_id: str, offset: int
+    ) -> CatchUp:
+        """Follow one reply from `offset` (UTF-16 units): the missed text, then live, then its end.
+
+        A reply that has ended is answered from the database: the missing
+        tail and its final event with the whole content. Someone else's or a
+        missing reply is NotFound; an offset past its end (or inside a
+        character) is VALIDATION_ERROR.
+        """
+        reply = self.replies.get(message_id)
+        if reply is not None and reply.user_id == user_id:
+            try:
+                writer = reply.log.follow(key, sink, offset, reasoning=False)
+            except ValueError:
+                raise _bad_offset(offset, reply.log.length) from None
+            self.replies.followed(key, reply)
+            return CatchUp(message_id, reply.conversation_id, [writer])
+        row = await self.repository.get_reply(user_id, message_id)
+        try:
+            tail = utf16_slice(row.content, offset)
+        except ValueError:
+            raise _bad_offset(offset, utf16_len(row.content)) from None
+        writer = ChunkWriter(
+            sink, message_id=row.id, conversation_id=row.conversation_id, flush_s=0, sent=offset
+        )
+        writer.preload(tail, "", _saved_end(row))
+        return CatchUp(message_id, row.conversation_id, [writer])
+
     def detach(self, sid: str) -> None:
-        """The socket disconnected: its reply carries on and is saved, unseen."""
+        """The socket disconnected: it follows nothing now; its reply carries on and is saved."""
+        self.rooms.leave_all(sid)
         if self.replies.detach(sid) is not None:
             log.info("socket left mid-reply; the reply continues")
 
     async def delete_conversation(self, user_id: str, conversation_id: str) -> None:
         for reply in self.replies.in_conversation(conversation_id):
             if reply.user_id == user_id and reply.task is not None:
-                reply.cancel("deleted")
+                reply.stop("deleted")
                 await asyncio.shield(reply.task)
         await self.repository.delete_conversation(user_id, conversation_id)
 
@@ -273,38 +378,46 @@ class ChatService:
         status = MessageStatus.COMPLETE
         end: StreamEnd | None = None
         error: TokenwireError | None = None
+        # The generation is a task of its own, so a stop cancels it and
+        # nothing else: this task is never cancelled by us, and never uncancels.
+        generation = asyncio.create_task(self._pump(reply), name=f"generate:{reply.message_id}")
+        reply.generation = generation
+        if reply.stop_reason is not None:
+            generation.cancel()  # stopped before it began
         try:
-            end = await self._pump(reply)
+            await asyncio.wait([generation])
         except asyncio.CancelledError:
-            _uncancel()
+            generation.cancel()  # the loop itself is going away (not a stop): let it
+            raise
+        if generation.cancelled():
             if reply.stop_reason in ("stopped", "deleted"):
                 status = MessageStatus.STOPPED
             elif reply.stop_reason == "timeout":
                 status, error = MessageStatus.ERROR, UpstreamTimeout()
             else:
                 status, error = MessageStatus.INTERRUPTED, ServerShutdown()
-        except UpstreamError as exc:
-            status, error = MessageStatus.ERROR, exc
-        except ServerShutdown as exc:  # shut down while waiting in line
-            status, error = MessageStatus.INTERRUPTED, exc
-        except Exception as exc:
-            log.exception("reply failed unexpectedly")
-            status, error = MessageStatus.ERROR, TokenwireError()
-            error.__cause__ = exc
+        else:
+            exc = generation.exception()
+            if exc is None:
+                end = generation.result()
+            elif isinstance(exc, UpstreamError):
+                status, error = MessageStatus.ERROR, exc
+            elif isinstance(exc, ServerShutdown):  # shut down while waiting in line
+                status, error = MessageStatus.INTERRUPTED, exc
+            else:
+                log.error("reply failed unexpectedly", exc_info=exc)
+                status, error = MessageStatus.ERROR, TokenwireError()
+                error.__cause__ = exc
+        # A reply is saved, and its end announced, only once its turn is
+        # committed; an aborted turn never is (`written` is then False).
+        written = await reply.written
+        reply.state = "saving"
         try:
-            # A reply is saved, and its end announced, only once its turn is
-            # committed. (An aborted turn never is; its abort cancels this
-            # wait too.)
-            if reply.stop_reason != "aborted":
-                await reply.committed.wait()
-        except asyncio.CancelledError:
-            _uncancel()
-        reply.saving = True
-        try:
-            if reply.stop_reason != "aborted":
+            if written:
                 await self._finish(reply, status, end, error)
             # else: the turn was never committed; nothing to save, nobody to tell.
         finally:
+            reply.state = "done"
             self.replies.remove(reply)
 
     async def _pump(self, reply: Reply) -> StreamEnd:
@@ -313,7 +426,7 @@ class ChatService:
             await self._wait_in_line(reply)
         try:
             if queued:  # out of the line: the request goes out now
-                await reply.writer.notice("chat:queued", {**_ids(reply), "position": 0})
+                await reply.log.notice(Queued(reply.message_id, reply.conversation_id, 0))
             return await self._generate(reply)
         finally:
             self.queue.release()
@@ -327,7 +440,7 @@ class ChatService:
         """
 
         async def tell(position: int) -> None:
-            await reply.writer.notice("chat:queued", {**_ids(reply), "position": position})
+            await reply.log.notice(Queued(reply.message_id, reply.conversation_id, position))
 
         try:
             async with asyncio.timeout(self.settings.upstream_queue_timeout_s):
@@ -339,13 +452,13 @@ class ChatService:
 
     async def _generate(self, reply: Reply) -> StreamEnd:
         loop = asyncio.get_running_loop()
-        parts, writer = reply.parts, reply.writer
+        parts, log_ = reply.parts, reply.log
         end: StreamEnd | None = None
         started = loop.time()
         deadline = Deadline(
             self.settings.upstream_timeout_s,
             self.settings.upstream_idle_timeout_s,
-            lambda: reply.cancel("timeout"),
+            lambda: reply.stop("timeout"),
         )
         try:
             async with contextlib.aclosing(self.provider.stream(reply.request)) as stream:
@@ -354,8 +467,7 @@ class ChatService:
                         now = loop.time()
                         first = not parts
                         deadline.touch(now)
-                        parts.append(item)
-                        await writer.write(item)
+                        await log_.append(item)
                         if first:
                             self.metrics.first_token(now - started)
                             reply.first_token.set()
@@ -368,8 +480,7 @@ class ChatService:
                         deadline.touch(now)
                         if reply.thinking_from is None:
                             reply.thinking_from = now
-                        reply.thoughts.append(item)
-                        await writer.think(str(item))
+                        await log_.think(str(item))
                         reply.first_token.set()
                     elif isinstance(item, StreamEnd):
                         end = item
@@ -387,7 +498,7 @@ class ChatService:
         end: StreamEnd | None,
         error: TokenwireError | None,
     ) -> None:
-        await reply.writer.flush()
+        await reply.log.flush()
         content = reply.content
         finish_reason = end.finish_reason if end is not None else status.value
         usage, usage_source = _usage(reply, end, content, finish_reason)
@@ -428,32 +539,20 @@ class ChatService:
                 "completion_tokens": usage.completion_tokens,
             },
         )
-        if reply.writer.emit is None:
-            return
-        ids = {"conversationId": reply.conversation_id, "messageId": reply.message_id}
-        payload: dict[str, Any]
-        if status is MessageStatus.COMPLETE:
-            event = "chat:end"
-            payload = {
-                **ids,
-                "totalTokens": usage.prompt_tokens + usage.completion_tokens,
-                "model": model,
-                "finishReason": finish_reason,
-                "promptTokens": usage.prompt_tokens,
-                "completionTokens": usage.completion_tokens,
-                "usageSource": usage_source,
-                "content": content,
-            }
-        elif status is MessageStatus.STOPPED:
-            event, payload = "chat:stopped", {**ids, "content": content}
-        else:
-            event = "chat:error"
-            payload = error_payload(
-                error or TokenwireError(),
-                conversationId=reply.conversation_id,
-                messageId=reply.message_id,
+        await reply.log.finish(
+            Finished(
+                reply.message_id,
+                reply.conversation_id,
+                status.value,
+                content,
+                model=model,
+                finish_reason=finish_reason,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                usage_source=usage_source,
+                error=error,
             )
-        await reply.writer.event(event, payload)
+        )
 
     async def _save(self, message_id: str, finished: FinishedReply) -> None:
         """Save a finished reply, retrying through a short database outage."""
@@ -529,7 +628,7 @@ class ChatService:
             log.info("waiting up to %.0fs for %d running replies", grace_s, len(tasks))
             _, pending = await asyncio.wait(tasks, timeout=grace_s)
             for reply in self.replies:
-                reply.cancel("shutdown")
+                reply.stop("shutdown")
             if pending:
                 _, late = await asyncio.wait(pending, timeout=INTERRUPT_SAVE_S)
                 if late:
@@ -563,5 +662,28 @@ def _usage(
     return Usage(count_messages(reply.request.messages), completion), "estimated"
 
 
-def _ids(reply: Reply) -> dict[str, str]:
-    return {"messageId": reply.message_id, "conversationId": reply.conversation_id}
+def _bad_offset(offset: int, length: int) -> ValidationFailed:
+    return ValidationFailed(
+        f"'offset' {offset} is not a place in this reply: it holds {length} UTF-16 units so far."
+    )
+
+
+def _saved_end(row: Message) -> Finished:
+    """A finished reply's final event, from what was saved. A reply still `streaming` in the
+    database is not running here: its node died or is another one; what is saved is all
+    this node can tell, so it ends as interrupted."""
+    status = row.status if row.status != MessageStatus.STREAMING.value else "interrupted"
+    error: TokenwireError = UpstreamError() if status == "error" else ServerShutdown()
+    return Finished(
+        row.id,
+        row.conversation_id,
+        status,
+        row.content,
+        model=row.model,
+        finish_reason=row.finish_reason,
+        prompt_tokens=row.prompt_tokens or 0,
+        completion_tokens=row.completion_tokens or 0,
+        usage_source=row.usage_source,
+        error=error,
+        replayed=True,
+    )

@@ -1,4 +1,9 @@
-"""Sending one reply's text to its socket as `chat:message` chunks.
+"""Sending one reply's text to one follower as `TextAppended` events (`chat:message`).
+
+A reply has as many writers as followers (`tokenwire.chat.log`): the socket
+that started it, every socket joined to its conversation, every socket that
+resumed it. Each writer paces, coalesces and cuts off its own follower; none
+of that touches the reply or the other followers.
 
 Each chunk carries `offset`: how much of the reply came before it, counted in
 UTF-16 code units, the unit of JavaScript's `String.length`, so a browser can
@@ -20,6 +25,9 @@ A client that stops reading must not grow the server's memory: when the
 socket's send queue (`Sink.backlog`) holds frames, new text is coalesced into
 one pending chunk sent every 50 ms at most; past MAX_SOCKET_BACKLOG frames the
 client is disconnected. Its reply keeps generating and is saved.
+
+Events are the chat service's own (`tokenwire.chat.events`); the `Sink`
+encodes them for its transport.
 """
 
 from __future__ import annotations
@@ -28,15 +36,15 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
+from tokenwire.chat.events import Event, Finished, ReasoningAppended, TextAppended
 from tokenwire.pacing import next_beat
 
 __all__ = ["ChunkWriter", "Emit", "Sink", "utf16_len"]
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+Emit = Callable[[Event], Awaitable[None]]
 
 _CONGESTED_AT = 2  # frames waiting in the socket's queue: the client is lagging
 _CONGESTED_FLUSH_S = 0.05
@@ -49,7 +57,7 @@ _DUE_SLACK_S = 0.002
 
 @dataclass(slots=True, frozen=True)
 class Sink:
-    """Where one socket's events go: how to send, how far behind it is, how to cut it off."""
+    """Where one follower's events go: how to send, how far behind it is, how to cut it off."""
 
     emit: Emit
     backlog: Callable[[], int] | None = None
@@ -66,6 +74,7 @@ class ChunkWriter:
         "_backlog",
         "_conversation_id",
         "_disconnect",
+        "_final",
         "_max_backlog",
         "_flush_s",
         "_flusher",
@@ -83,16 +92,26 @@ class ChunkWriter:
     )
 
     def __init__(
-        self, sink: Sink | None, *, message_id: str, conversation_id: str, flush_s: float
+        self,
+        sink: Sink | None,
+        *,
+        message_id: str,
+        conversation_id: str,
+        flush_s: float,
+        sent: int = 0,
+        thought: int = 0,
     ) -> None:
         self.emit = sink.emit if sink is not None else None
         self._backlog = sink.backlog if sink is not None else None
         self._disconnect = sink.disconnect if sink is not None else None
         self._max_backlog = sink.max_backlog if sink is not None else 0
-        self.sent = 0  # UTF-16 units already sent
-        self.thought = 0  # UTF-16 units of reasoning already sent
+        # UTF-16 units of the text and of the reasoning already sent (or, for
+        # a follower that joined late, that it already holds).
+        self.sent = sent
+        self.thought = thought
         self._thinking: list[str] = []  # reasoning not sent yet
-        self._notices: list[tuple[str, dict[str, Any]]] = []  # events held until release
+        self._notices: list[Event] = []  # events held until release
+        self._final: Finished | None = None  # the reply ended while this writer was held
         self._message_id = message_id
         self._conversation_id = conversation_id
         self._flush_s = flush_s
@@ -101,7 +120,9 @@ class ChunkWriter:
         self._last_send = -float("inf")
         self._timer: asyncio.TimerHandle | None = None
         self._flusher: asyncio.Task[None] | None = None
-        self._held = True  # until the turn is announced: chat:user-message comes first
+        # Until the turn is announced (chat:user-message comes first), or, for
+        # a late follower, until its join or resume has been acknowledged.
+        self._held = True
 
     async def think(self, text: str) -> None:
         """Send a piece of the model's reasoning (chat:reasoning), at once unless the client lags."""
@@ -154,12 +175,33 @@ class ChunkWriter:
         """The turn is announced: chunks may flow (held ones go at once)."""
         self._held = False
         notices, self._notices = self._notices, []
-        for name, payload in notices:
-            await self.event(name, payload)
+        for notice in notices:
+            await self.event(notice)
         if self._thinking and self.emit is not None:
             await self._send_thinking()
         if self._pending and self.emit is not None:
             await self._send_pending()
+        if self._final is not None:
+            final, self._final = self._final, None
+            await self.event(final)
+
+    def preload(self, text: str, thinking: str, final: Finished | None = None) -> None:
+        """What a late follower missed: it goes out as one chunk (and one piece of reasoning)
+        on release, joined with whatever arrives until then, so catch-up and live text meet
+        without a gap or a duplicate."""
+        if thinking:
+            self._thinking.append(thinking)
+        if text:
+            self._pending.append(text)
+        self._final = final
+
+    async def finish(self, final: Finished) -> None:
+        """Send what is pending, then the reply's final event (after release, if held)."""
+        if self._held:
+            self._final = final
+            return
+        await self.flush()
+        await self.event(final)
 
     async def flush(self) -> None:
         """Send whatever is pending; called before the reply's final event."""
@@ -178,6 +220,8 @@ class ChunkWriter:
         self.emit = None
         self._pending.clear()
         self._thinking.clear()
+        self._notices.clear()
+        self._final = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -211,15 +255,7 @@ class ChunkWriter:
         self._thinking.clear()
         offset = self.thought
         self.thought += utf16_len(text)
-        await self.event(
-            "chat:reasoning",
-            {
-                "messageId": self._message_id,
-                "conversationId": self._conversation_id,
-                "content": text,
-                "offset": offset,
-            },
-        )
+        await self.event(ReasoningAppended(self._message_id, self._conversation_id, offset, text))
 
     async def _send(self, text: str) -> None:
         if self.emit is None:
@@ -227,33 +263,24 @@ class ChunkWriter:
         offset = self.sent
         self.sent += utf16_len(text)
         self._last_send = self._loop.time()
-        await self.event(
-            "chat:message",
-            {
-                "content": text,
-                "isComplete": False,
-                "messageId": self._message_id,
-                "conversationId": self._conversation_id,
-                "offset": offset,
-            },
-        )
+        await self.event(TextAppended(self._message_id, self._conversation_id, offset, text))
 
-    async def notice(self, name: str, payload: dict[str, Any]) -> None:
+    async def notice(self, event: Event) -> None:
         """An event about the reply that must not overtake chat:user-message (chat:queued)."""
         if self._held:
-            self._notices.append((name, payload))
+            self._notices.append(event)
         else:
-            await self.event(name, payload)
+            await self.event(event)
 
-    async def event(self, name: str, payload: dict[str, Any]) -> None:
-        """Send one event of this reply to its socket, if it still has one."""
+    async def event(self, event: Event) -> None:
+        """Send one event of this reply to its follower, if it still has one."""
         emit = self.emit
         if emit is None:
             return
         try:
-            await emit(name, payload)
+            await emit(event)
         except Exception:
             # The socket went away between our check and the send; the reply
             # carries on and is saved, only this client stops receiving it.
-            log.debug("socket went away; %s not delivered", name, exc_info=True)
+            log.debug("socket went away; %s not delivered", type(event).__name__, exc_info=True)
             self.detach()

@@ -364,6 +364,20 @@ class Repository:
 
         await self.db.run(remove)
 
+    async def get_reply(self, user_id: str, message_id: str) -> Message:
+        """One of the user's assistant messages; NotFound for someone else's, like a missing one."""
+
+        def get(conn: Connection) -> Message:
+            with Session(conn) as session:
+                message = session.get(Message, message_id)
+                if message is None or message.role != Role.ASSISTANT.value:
+                    raise NotFound("No such reply.")
+                if conn.scalar(_OWNER, {"b_id": message.conversation_id}) != user_id:
+                    raise NotFound("No such reply.")
+                return message
+
+        return await self.db.run(get, write=False)
+
     async def get_message(self, message_id: str) -> Message | None:
         def get(conn: Connection) -> Message | None:
             with Session(conn) as session:

@@ -17,7 +17,8 @@ from typing import Any
 
 import socketio
 
-from tokenwire.errors import NotFound, TokenwireError, Unauthorized, ValidationFailed, error_payload
+from tokenwire.errors import NotFound, TokenwireError, Unauthorized, ValidationFailed
+from tokenwire.wire import protocol
 from tokenwire.wire.gateway import Runtime, shown_event_name
 
 __all__ = ["ADMIN_NAMESPACE", "AdminNamespace", "running_replies"]
@@ -29,14 +30,14 @@ ADMIN_NAMESPACE = "/admin"
 
 def running_replies(runtime: Runtime) -> list[dict[str, Any]]:
     return [
-        {
-            "messageId": r.message_id,
-            "conversationId": r.conversation_id,
-            "userId": r.user_id,
-            "model": r.request.model,
-            "startedAt": r.started_wall.isoformat(),
-            "chars": sum(len(p) for p in r.parts),
-        }
+        protocol.running_reply(
+            r.message_id,
+            r.conversation_id,
+            r.user_id,
+            r.request.model,
+            r.started_wall.isoformat(),
+            sum(len(p) for p in r.parts),
+        )
         for r in runtime.chat.replies
     ]
 
@@ -62,7 +63,7 @@ class AdminNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             ) from None
         self.admins.add(sid)
         log.info("admin connected", extra={"sid": sid, "user_id": principal.user_id})
-        await self.emit("admin:history", {"samples": runtime.chat.metrics.history()}, to=sid)
+        await self.emit(*protocol.admin_history(runtime.chat.metrics.history()), to=sid)
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:  # noqa: ARG002 - python-socketio's signature
         self.admins.discard(sid)
@@ -83,10 +84,9 @@ class AdminNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             if self.runtime is None or await self.runtime.chat.stop_message(message_id) is None:
                 raise NotFound("No reply with that id is running on this node.")
             log.info("admin stopped a reply", extra={"sid": sid, "message_id": message_id})
-            return {"ok": True, "messageId": message_id}
+            return protocol.ack(messageId=message_id)
         except TokenwireError as exc:
-            payload = error_payload(exc)
-            return {"ok": False, "error": {"code": payload["code"], "message": payload["message"]}}
+            return protocol.ack_error(exc)
 
     async def broadcast(self) -> None:
         """Take this second's sample and send it to every connected admin."""
@@ -96,5 +96,6 @@ class AdminNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         metrics = runtime.chat.metrics
         sample = metrics.sample()
         if self.admins:
-            stats = {**metrics.snapshot(sample), "replies": running_replies(runtime)}
-            await self.emit("admin:stats", stats)
+            await self.emit(
+                *protocol.admin_stats(metrics.snapshot(sample), running_replies(runtime))
+            )

@@ -6,6 +6,13 @@ validated, handed to the chat service, and answered. Every event answers an
 acknowledgement when the client asks for one: `{ok: true, ...ids}` or
 `{ok: false, error: {code, message}}`; failures are also emitted as
 `chat:error`, which is what the guide's clients listen to.
+
+Following a reply from anywhere: `chat:join {conversationId}` / `chat:leave`,
+`chat:resume {messageId, offset}`, and `chat:stop {messageId}` or
+`{conversationId}` from any socket of the reply's owner. What a join or a
+resume has missed is sent only once its acknowledgement has gone out
+(`after_ack`), so a client always knows what it joined before the text arrives.
+Event names and payloads are built in `wire.protocol`.
 """
 
 from __future__ import annotations
@@ -14,15 +21,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import engineio
 import socketio
 
 from tokenwire import compat
+from tokenwire.api.conversations import MessageOut
 from tokenwire.auth import Principal
 from tokenwire.chat import ChatService
-from tokenwire.chat.writer import Sink
+from tokenwire.chat.events import Event
+from tokenwire.chat.writer import Emit, Sink
 from tokenwire.config import Settings
 from tokenwire.errors import (
     Forbidden,
@@ -30,12 +40,12 @@ from tokenwire.errors import (
     TokenwireError,
     Unauthorized,
     ValidationFailed,
-    error_payload,
 )
 from tokenwire.logs import bind
+from tokenwire.wire import protocol
 from tokenwire.wire.codec import event_packet
 from tokenwire.wire.engine import GatewayEngine
-from tokenwire.wire.payloads import parse_start
+from tokenwire.wire.payloads import parse_conversation, parse_resume, parse_start, parse_stop
 from tokenwire.wire.recovery import RecoveringServer, next_offset
 
 compat.verify("python-socketio")  # before a connection meets a method that changed shape
@@ -46,6 +56,19 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "/ai"
 Handler = Callable[[str, tuple[Any, ...]], Awaitable[dict[str, Any]]]
+AfterAck = Callable[[], Awaitable[None]]
+# What an event's handler wants done once its acknowledgement is sent (a
+# join's or a resume's catch-up); set per event by `GatewayServer`.
+_after_ack: ContextVar[list[AfterAck] | None] = ContextVar("after_ack", default=None)
+
+
+async def after_ack(send: AfterAck) -> None:
+    """Run `send` once this event's acknowledgement has gone out (at once outside an event)."""
+    waiting = _after_ack.get()
+    if waiting is None:
+        await send()
+    else:
+        waiting.append(send)
 
 
 class Runtime:
@@ -143,6 +166,26 @@ class GatewayServer(RecoveringServer):
             socket.queue.put_nowait(None)  # ends a waiting long poll or WebSocket writer
         self.eio.sockets.clear()
 
+    async def _handle_event_internal(
+        self,
+        server: Any,
+        sid: str,
+        eio_sid: str,
+        data: Any,
+        namespace: str | None,
+        id: int | None,
+    ) -> None:
+        # python-socketio sends the ack after the handler returns, in this
+        # same task, so what the handler deferred with `after_ack` goes next.
+        waiting: list[AfterAck] = []
+        token = _after_ack.set(waiting)
+        try:
+            await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+        finally:
+            _after_ack.reset(token)
+        for send in waiting:
+            await send()
+
     async def _handle_event(
         self, eio_sid: str, namespace: str | None, id: int | None, data: Any
     ) -> None:
@@ -155,9 +198,9 @@ class GatewayServer(RecoveringServer):
         if sid is None or not self.manager.is_connected(sid, namespace):
             return
         error = ValidationFailed("That event name is reserved or malformed.")
-        await self.emit("chat:error", error_payload(error), to=sid, namespace=namespace)
+        await self.emit(protocol.ERROR, protocol.error_event(error), to=sid, namespace=namespace)
         if id is not None:
-            ack = {"ok": False, "error": {"code": error.code, "message": error.message}}
+            ack = protocol.ack_error(error)
             await self._send_packet(
                 eio_sid,
                 self.packet_class(socketio.packet.ACK, namespace=namespace, id=id, data=[ack]),
@@ -174,6 +217,9 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self._handlers: dict[str, Handler] = {
             "chat:start": self._chat_start,
             "chat:stop": self._chat_stop,
+            "chat:join": self._chat_join,
+            "chat:leave": self._chat_leave,
+            "chat:resume": self._chat_resume,
         }
         self.connected = 0
 
@@ -291,18 +337,15 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 if handler is None:
                     raise ValidationFailed(f"Unknown event '{shown_event_name(event)}'.")
                 result = await handler(sid, data)
-                return {"ok": True, **result}
+                return protocol.ack(**result)
             except Exception as exc:
                 if not isinstance(exc, TokenwireError):
                     log.exception("event handler failed")
-                payload = error_payload(exc)
+                payload = protocol.error_event(exc)
                 code = payload["code"]
                 log.info("event refused: %s", code)
-                await self.emit("chat:error", payload, to=sid)
-                error = {"code": payload["code"], "message": payload["message"]}
-                if "retryAfter" in payload:
-                    error["retryAfter"] = payload["retryAfter"]
-                return {"ok": False, "error": error}
+                await self.emit(protocol.ERROR, payload, to=sid)
+                return protocol.ack_error(exc)
             finally:
                 if self.runtime is not None:
                     metrics = self.runtime.chat.metrics
@@ -315,16 +358,7 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     async def _chat_start(self, sid: str, data: tuple[Any, ...]) -> dict[str, Any]:
         runtime = self._runtime()
         chat, claimed_user = parse_start(data[0] if data else None, self.settings)
-        principal = self.principals.get(sid)
-        if principal is not None:
-            if claimed_user is not None and claimed_user != principal.user_id:
-                raise Forbidden("userId does not match your session.")
-            user_id = principal.user_id
-        elif claimed_user is None:
-            raise ValidationFailed("'userId' is required when the connection carries no token.")
-        else:
-            user_id = claimed_user
-
+        user_id = self._user_id(sid, claimed_user)
         with bind(user_id=user_id, conversation_id=chat.conversation_id):
             started = await runtime.chat.start(user_id, sid, self._sink(sid), chat)
         return {
@@ -333,8 +367,18 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             "messageId": started.message_id,
         }
 
-    async def _chat_stop(self, sid: str, _data: tuple[Any, ...]) -> dict[str, Any]:
-        reply = await self._runtime().chat.stop(sid)
+    async def _chat_stop(self, sid: str, data: tuple[Any, ...]) -> dict[str, Any]:
+        chat = self._runtime().chat
+        named = parse_stop(data[0] if data else None)
+        if named is None:
+            reply = await chat.stop(sid)  # the reply this socket started
+        else:
+            # Someone else's reply answers as a missing one does: not stopped.
+            reply = await chat.stop_reply(
+                self._user_id(sid, _claimed(named.user_id)),
+                message_id=named.message_id,
+                conversation_id=named.conversation_id,
+            )
         if reply is None:
             return {"stopped": False}
         return {
@@ -342,6 +386,57 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             "conversationId": reply.conversation_id,
             "messageId": reply.message_id,
         }
+
+    async def _chat_join(self, sid: str, data: tuple[Any, ...]) -> dict[str, Any]:
+        payload = parse_conversation(data[0] if data else None, "chat:join")
+        user_id = self._user_id(sid, _claimed(payload.user_id))
+        joined = await self._runtime().chat.join(
+            user_id, sid, self._sink(sid), payload.conversation_id
+        )
+        if joined.catch_up is not None:
+            await after_ack(joined.catch_up.send)
+        streaming = (
+            None
+            if joined.streaming is None
+            else {"messageId": joined.streaming[0], "offset": joined.streaming[1]}
+        )
+        return {
+            "conversationId": joined.conversation_id,
+            "messages": [
+                MessageOut.model_validate(m).model_dump(mode="json", by_alias=True)
+                for m in joined.messages
+            ],
+            "streaming": streaming,
+        }
+
+    async def _chat_leave(self, sid: str, data: tuple[Any, ...]) -> dict[str, Any]:
+        payload = parse_conversation(data[0] if data else None, "chat:leave")
+        left = self._runtime().chat.leave(sid, payload.conversation_id)
+        return {"conversationId": payload.conversation_id, "left": left}
+
+    async def _chat_resume(self, sid: str, data: tuple[Any, ...]) -> dict[str, Any]:
+        payload = parse_resume(data[0] if data else None)
+        user_id = self._user_id(sid, _claimed(payload.user_id))
+        catch_up = await self._runtime().chat.resume(
+            user_id, sid, self._sink(sid), payload.message_id, payload.offset
+        )
+        await after_ack(catch_up.send)
+        return {
+            "conversationId": catch_up.conversation_id,
+            "messageId": catch_up.message_id,
+            "offset": payload.offset,
+        }
+
+    def _user_id(self, sid: str, claimed: str | None) -> str:
+        """Who is asking: the token's user; without a token, the `userId` the payload names."""
+        principal = self.principals.get(sid)
+        if principal is not None:
+            if claimed is not None and claimed != principal.user_id:
+                raise Forbidden("userId does not match your session.")
+            return principal.user_id
+        if claimed is None:
+            raise ValidationFailed("'userId' is required when the connection carries no token.")
+        return claimed
 
     def _sink(self, sid: str) -> Sink:
         """How a reply reaches this socket: straight to its Engine.IO socket, on this node.
@@ -401,7 +496,7 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             await socket.close(wait=False, abort=True, reason=server.eio.reason.SERVER_DISCONNECT)
             socket.queue.put_nowait(None)  # wakes a websocket writer so it exits
 
-        return Sink(emit, backlog, disconnect, self.settings.max_socket_backlog)
+        return Sink(_encoding(emit), backlog, disconnect, self.settings.max_socket_backlog)
 
     def _runtime(self) -> Runtime:
         if self.runtime is None:
@@ -413,6 +508,20 @@ def _discard_queue(queue: Any) -> None:  # engine.io's send queue (a LeanQueue)
     while not queue.empty():
         queue.get_nowait()
         queue.task_done()
+
+
+def _encoding(emit: Callable[[str, dict[str, Any]], Awaitable[None]]) -> Emit:
+    """The chat service's events, encoded as `wire.protocol` says, into a socket's `emit`."""
+    encode = protocol.encode
+
+    async def send(event: Event) -> None:
+        await emit(*encode(event))
+
+    return send
+
+
+def _claimed(user_id: str | int | None) -> str | None:
+    return None if user_id is None else str(user_id)
 
 
 def _bearer(header: object) -> str | None:

@@ -9,7 +9,7 @@ validation context.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -27,7 +27,16 @@ from tokenwire.chat import StartChat
 from tokenwire.config import Settings
 from tokenwire.errors import ValidationFailed
 
-__all__ = ["ChatStartPayload", "parse_start"]
+__all__ = [
+    "ChatStartPayload",
+    "ConversationPayload",
+    "ResumePayload",
+    "StopPayload",
+    "parse_conversation",
+    "parse_resume",
+    "parse_start",
+    "parse_stop",
+]
 
 _Id = Annotated[StrictStr, Field(min_length=1, max_length=255)]
 
@@ -98,7 +107,12 @@ def _settings(info: ValidationInfo) -> Settings:
 def _describe(exc: ValidationError) -> str:
     err = exc.errors(include_url=False, include_input=False)[0]
     field = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or len(err["loc"]) == 1)
-    by_alias = {"user_id": "userId", "conversation_id": "conversationId", "max_tokens": "maxTokens"}
+    by_alias = {
+        "user_id": "userId",
+        "conversation_id": "conversationId",
+        "max_tokens": "maxTokens",
+        "message_id": "messageId",
+    }
     field = by_alias.get(field, field)
     message = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "missing":
@@ -127,3 +141,66 @@ def parse_start(data: Any, settings: Settings) -> tuple[StartChat, str | None]:
         temperature=None if payload.temperature is None else float(payload.temperature),
     )
     return chat, user_id
+
+
+class ConversationPayload(BaseModel):
+    """`chat:join` / `chat:leave`: `{conversationId}`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    conversation_id: _Id = Field(alias="conversationId")
+    user_id: _Id | StrictInt | None = Field(None, alias="userId")
+
+
+class ResumePayload(BaseModel):
+    """`chat:resume`: `{messageId, offset}`, offset in UTF-16 units the client holds."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    message_id: _Id = Field(alias="messageId")
+    offset: Annotated[StrictInt, Field(ge=0)]
+    user_id: _Id | StrictInt | None = Field(None, alias="userId")
+
+
+class StopPayload(BaseModel):
+    """`chat:stop {messageId}` or `{conversationId}`; without a payload, this socket's reply."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    message_id: _Id | None = Field(None, alias="messageId")
+    conversation_id: _Id | None = Field(None, alias="conversationId")
+    user_id: _Id | StrictInt | None = Field(None, alias="userId")
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _parse(model: type[_M], data: Any, what: str) -> _M:
+    if not isinstance(data, dict):
+        raise ValidationFailed(f"{what}.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(_describe(exc)) from None
+
+
+def parse_conversation(data: Any, event: str) -> ConversationPayload:
+    return _parse(ConversationPayload, data, f"{event} takes an object: {{conversationId}}")
+
+
+def parse_resume(data: Any) -> ResumePayload:
+    return _parse(ResumePayload, data, "chat:resume takes an object: {messageId, offset}")
+
+
+def parse_stop(data: Any) -> StopPayload | None:
+    """None for a `chat:stop` without a payload: the reply this socket started.
+
+    Anything but an object also means that, as it did before chat:stop took
+    ids (its payload was ignored then); an object is checked strictly.
+    """
+    if not isinstance(data, dict):
+        return None
+    payload = _parse(StopPayload, data, "chat:stop takes nothing, {messageId} or {conversationId}")
+    if payload.message_id is None and payload.conversation_id is None:
+        return None
+    return payload
