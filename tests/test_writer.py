@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenwire.chat.events import Event, Queued
 from tokenwire.chat.writer import ChunkWriter, Sink
+from tokenwire.wire.protocol import encode
 
 
 def _writer(sent: list[tuple[str, dict[str, Any]]], backlog: list[int]) -> ChunkWriter:
-    async def emit(event: str, payload: dict[str, Any]) -> None:
-        sent.append((event, payload))
+    async def emit(event: Event) -> None:
+        sent.append(encode(event))
 
     sink = Sink(emit, backlog=lambda: backlog[0], max_backlog=10)
     return ChunkWriter(sink, message_id="m", conversation_id="c", flush_s=0)
@@ -18,7 +20,7 @@ def _writer(sent: list[tuple[str, dict[str, Any]]], backlog: list[int]) -> Chunk
 async def test_before_the_turn_is_announced_notices_reasoning_and_text_wait_in_order() -> None:
     sent: list[tuple[str, dict[str, Any]]] = []
     writer = _writer(sent, [0])
-    await writer.notice("chat:queued", {"position": 1})
+    await writer.notice(Queued("m", "c", 1))
     await writer.think("hmm ")
     await writer.think("yes")
     await writer.write("Answer")
@@ -29,8 +31,8 @@ async def test_before_the_turn_is_announced_notices_reasoning_and_text_wait_in_o
         ("chat:reasoning", "hmm yes"),
         ("chat:message", "Answer"),
     ]
-    await writer.notice("chat:queued", {"position": 0})  # released: at once
-    assert sent[-1] == ("chat:queued", {"position": 0})
+    await writer.notice(Queued("m", "c", 0))  # released: at once
+    assert sent[-1] == ("chat:queued", {"messageId": "m", "conversationId": "c", "position": 0})
 
 
 async def test_reasoning_for_a_lagging_client_is_joined_and_sent_before_the_next_text() -> None:
