@@ -15,6 +15,9 @@
 //   INTEROP_MESSAGE      the message sent with chat:start
 //   INTEROP_RETRIES      the `retries` option (with ackTimeout 10000), as the guide's Buffering
 //   INTEROP_LINGER       1: after the scenario, wait for Node to exit by itself
+//   INTEROP_CONVERSATION the conversationId the `join` scenario joins
+//   INTEROP_MESSAGE_ID   the messageId `resume` resumes and `stop-id` stops
+//   INTEROP_OFFSET       the offset `resume` resumes at
 //
 // Each line on stdout is one JSON object, {"event": name, "data": ...}: every
 // event the server sent (through `onAny`), plus what the client itself saw,
@@ -155,6 +158,20 @@ async function ack(label, ...args) {
   return value;
 }
 
+/**
+ * What a browser holds of a reply followed from `start`: each chunk is put at its
+ * offset; `misplaced` counts chunks whose offset was not the text's length.
+ */
+function followText(start) {
+  let text = '';
+  let misplaced = 0;
+  socket.on('chat:message', (chunk) => {
+    if (chunk.offset !== start + text.length) misplaced += 1;
+    text = text.slice(0, Math.max(0, chunk.offset - start)) + chunk.content;
+  });
+  return () => ({ text, length: text.length, misplaced });
+}
+
 // --- scenarios
 
 const scenarios = {
@@ -203,6 +220,31 @@ const scenarios = {
     await nextEvent('chat:stopped');
     await sleep(300);
     await reportTransport();
+  },
+
+  /** chat:join, then everything up to the reply's end; the text assembled at each offset. */
+  async join() {
+    const follow = followText(0);
+    await connected();
+    await ack('join', 'chat:join', { conversationId: env.INTEROP_CONVERSATION });
+    await Promise.race([nextEvent('chat:end'), nextEvent('chat:stopped')]);
+    out('_text', follow());
+  },
+
+  /** A reload: chat:resume {messageId, offset} from a new socket, up to the reply's end. */
+  async resume() {
+    const offset = Number(env.INTEROP_OFFSET);
+    const follow = followText(offset);
+    await connected();
+    await ack('resume', 'chat:resume', { messageId: env.INTEROP_MESSAGE_ID, offset });
+    await Promise.race([nextEvent('chat:end'), nextEvent('chat:stopped')]);
+    out('_text', follow());
+  },
+
+  /** Another tab's Stop: chat:stop {messageId}. */
+  async 'stop-id'() {
+    await connected();
+    await ack('stop', 'chat:stop', { messageId: env.INTEROP_MESSAGE_ID });
   },
 
   /** A refused connection, then the guide's refresh-and-reconnect. */

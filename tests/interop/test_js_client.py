@@ -120,6 +120,7 @@ async def run_client(
     linger: bool = False,
     reconnect: bool = False,
     cut: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Run:
     """Run one scenario of client.mjs against `url`; fails the test unless it ran to the end."""
     assert NODE is not None
@@ -135,6 +136,7 @@ async def run_client(
         env["INTEROP_RECONNECT"] = "1"
     if cut is not None:
         env["INTEROP_CUT"] = cut
+    env.update(extra_env or {})
     for key, value in {
         "INTEROP_TOKEN": token,
         "INTEROP_FRESH_TOKEN": fresh_token,
