@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from tests.conftest import Client, Gateway
+from tests.conftest import Client, Gateway, GatewayFactory
 from tests.test_fuzz import eventually
 from tokenwire.chat.writer import utf16_len
 from tokenwire.testing import Script
@@ -231,9 +231,17 @@ async def test_bad_resume_offsets_are_validation_errors(
 
 
 async def test_nothing_is_left_behind_once_replies_end_and_sockets_leave(
-    gateway: Gateway, client: Client, client_factory: Factory
+    gateway_factory: GatewayFactory, client_factory: Factory
 ) -> None:
+    # A socket that goes away keeps its session (and what it follows) for
+    # CONNECTION_RECOVERY_S: short here, so its release is seen too.
+    async with gateway_factory(connection_recovery_s=0.5) as gateway:
+        await _nothing_left_behind(gateway, client_factory)
+
+
+async def _nothing_left_behind(gateway: Gateway, client_factory: Factory) -> None:
     chat = gateway.services.chat
+    client = await connected(gateway, client_factory)
     gateway.upstream.enqueue(slow(count=20, delay_s=0.01))
     ack = await client.call("chat:start", {"message": "hi"})
     tabs = [await connected(gateway, client_factory) for _ in range(3)]
