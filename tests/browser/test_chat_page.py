@@ -171,8 +171,12 @@ async def test_after_reload_the_conversation_is_in_the_list_and_opens(
     await expect(page.locator(".badge")).to_have_text("Connected")
     item = page.locator(".conversations li").filter(has_text="capital of France")
     await expect(item).to_have_count(1)
-    await expect(page.locator(".message")).to_have_count(0)
+    # The tab reopens the conversation it had open (sessionStorage), as it was saved.
+    await expect(page.locator(".message.user")).to_have_text("What is the capital of France?")
+    await expect(last_reply(page)).to_have_text("Paris is the capital.")
 
+    await page.get_by_role("button", name="New chat").click()
+    await expect(page.locator(".message")).to_have_count(0)
     await item.locator(".open").click()
     await expect(page.locator(".message.user")).to_have_text("What is the capital of France?")
     await expect(last_reply(page)).to_have_text("Paris is the capital.")
@@ -339,3 +343,56 @@ async def test_a_queued_reply_says_it_waits_for_the_model(
         await expect(reply.locator(".note.queued")).to_have_count(0)
     finally:
         await other.close()
+
+
+async def test_reload_mid_reply_continues_where_it_was_and_ends_with_the_saved_text(
+    gateway: Gateway, new_page: PageFactory
+) -> None:
+    gateway.upstream.enqueue(Script(count=80, delay_s=0.03))
+    page = await new_page()
+    await sign_in_by_name(page, "gina")
+    await send(page, "a long one")
+    await expect(last_reply(page)).to_contain_text("token5")
+
+    await page.reload()  # mid-reply: the tab rejoins its conversation (chat:join)
+    await expect(page.locator(".badge")).to_have_text("Connected")
+    reply = last_reply(page)
+    await expect(reply).to_have_attribute("data-status", "streaming")
+    await expect(reply).to_have_attribute("data-status", "complete", timeout=15_000)
+    repository = gateway.services.repository
+    conversations, _ = await repository.list_conversations("gina", limit=1, offset=0)
+    saved = (await repository.list_messages("gina", conversations[0].id))[-1]
+    assert saved.status == "complete" and "token79" in saved.content
+    await expect(page.locator(".message.assistant")).to_have_count(1)
+    shown = await reply.locator(".markdown").inner_text()
+    assert " ".join(shown.split()) == " ".join(saved.content.split())
+
+
+async def test_two_tabs_both_stream_the_reply_and_stop_in_either_stops_it(
+    gateway: Gateway, new_page: PageFactory
+) -> None:
+    gateway.upstream.enqueue(Script(tokens=["Hi."]))
+    first = await new_page()
+    await sign_in_by_name(first, "hank")
+    await send(first, "opening question")
+    await expect(last_reply(first)).to_have_attribute("data-status", "complete")
+
+    second = await new_page()  # another tab, signed in as the same person
+    await sign_in_by_name(second, "hank")
+    item = second.locator(".conversations li").filter(has_text="opening question")
+    await item.locator(".open").click()
+    await expect(last_reply(second)).to_have_text("Hi.")
+
+    gateway.upstream.enqueue(Script(count=300, delay_s=0.02))
+    await send(first, "now a long one")
+    await expect(last_reply(first)).to_contain_text("token5")
+    await expect(last_reply(second)).to_contain_text("token5")  # streams in this tab too
+    await expect(second.locator(".message.user").last).to_have_text("now a long one")
+
+    await second.get_by_role("button", name="Stop").click()  # Stop in the tab that did not start it
+    request = gateway.upstream.requests[-1]
+    await asyncio.wait_for(request.finished.wait(), 5)
+    assert request.closed_by_client
+    for page in (first, second):
+        await expect(last_reply(page)).to_have_attribute("data-status", "stopped")
+    assert await last_reply(first).inner_text() == await last_reply(second).inner_text()

@@ -10,6 +10,11 @@
  *   chat:reasoning x N (a reasoning model's thinking; offset into the reasoning)
  *   chat:message x N  (offset = UTF-16 units of the reply before the chunk)
  *   exactly one of chat:end | chat:stopped | chat:error
+ *
+ * Following a reply from anywhere: `chat:join` a conversation (its messages in
+ * the ack, then the reply in progress from offset 0, then every event of it),
+ * `chat:resume` one reply at the offset the client holds, `chat:stop` a reply
+ * by id from any tab. Mirrored by src/tokenwire/wire/protocol.py.
  */
 
 export type ErrorCode =
@@ -52,9 +57,43 @@ export type StopAck = Ack<
   { stopped: false } | { stopped: true; conversationId: string; messageId: string }
 >;
 
+/** Without a payload: the reply this socket started. With an id: that reply, from any tab. */
+export type StopPayload = { messageId: string } | { conversationId: string };
+
+export interface JoinPayload {
+  conversationId: string;
+}
+
+/** A reply in progress when joining: its id and its length so far (UTF-16 units). */
+export interface Streaming {
+  messageId: string;
+  offset: number;
+}
+
+export type JoinAck = Ack<{
+  conversationId: string;
+  /** As GET /api/conversations/{id}/messages returns them (a running reply: its last checkpoint). */
+  messages: StoredMessage[];
+  streaming: Streaming | null;
+}>;
+
+export type LeaveAck = Ack<{ conversationId: string; left: boolean }>;
+
+export interface ResumePayload {
+  messageId: string;
+  /** UTF-16 units of the reply the client already holds. */
+  offset: number;
+}
+
+export type ResumeAck = Ack<{ conversationId: string; messageId: string; offset: number }>;
+
 export interface ClientToServerEvents {
   'chat:start': (payload: ChatStartPayload, ack: (response: StartAck) => void) => void;
-  'chat:stop': (ack: (response: StopAck) => void) => void;
+  /** `{}` (or no payload at all): the reply this socket started. */
+  'chat:stop': (payload: StopPayload | Record<string, never>, ack: (response: StopAck) => void) => void;
+  'chat:join': (payload: JoinPayload, ack: (response: JoinAck) => void) => void;
+  'chat:leave': (payload: JoinPayload, ack: (response: LeaveAck) => void) => void;
+  'chat:resume': (payload: ResumePayload, ack: (response: ResumeAck) => void) => void;
 }
 
 // --- /ai, server -> client
@@ -119,6 +158,8 @@ export interface StoppedEvent {
 export interface ErrorEvent extends WireError {
   conversationId?: string;
   messageId?: string;
+  /** Only when answering chat:resume of a reply that had ended: the whole saved reply. */
+  content?: string;
 }
 
 export interface ServerToClientEvents {

@@ -12,9 +12,16 @@
  * - A reasoning model's thinking (`chat:reasoning`) is assembled the same
  *   way beside the reply, timed from its first piece to the first text
  *   ("Thought for 12 s"); `chat:queued` says where the reply waits in line.
- * - A reply keeps generating on the server when the socket drops; after a
- *   reconnect the conversation is reloaded over HTTP (and polled while a
- *   reply in it is still being written).
+ * - The conversation on screen is followed with `chat:join`: its messages
+ *   come in the ack, a reply in progress is caught up from offset 0 and then
+ *   streams live, and replies started in another tab stream here too; Stop
+ *   stops the reply by id, whichever tab started it. The open conversation is
+ *   kept in sessionStorage, so a reload reopens it and the reply continues.
+ * - After a reconnect the conversation is joined again (a reply still being
+ *   written is caught up from 0: the catch-up is one chunk, and rejoining is
+ *   simpler than resuming at an offset while the join would follow it too).
+ *   When socket.io recovered the session (`socket.recovered`) nothing is
+ *   needed: the missed events were replayed. Without a socket, HTTP loads.
  */
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { io, type Socket } from 'socket.io-client';
@@ -25,6 +32,7 @@ import type {
   ClientToServerEvents,
   RefusalData,
   ServerToClientEvents,
+  StopPayload,
   StoredMessage,
   WireError,
 } from './protocol';
@@ -109,6 +117,24 @@ interface LiveReply {
 }
 
 const ACK_TIMEOUT_MS = 15_000;
+const OPEN_KEY = 'tokenwire.open-conversation';
+
+function remembered(): string | null {
+  try {
+    return sessionStorage.getItem(OPEN_KEY);
+  } catch {
+    return null;
+  }
+}
+
+function remember(id: string | null): void {
+  try {
+    if (id) sessionStorage.setItem(OPEN_KEY, id);
+    else sessionStorage.removeItem(OPEN_KEY);
+  } catch {
+    // Storage refused (private mode): a reload then starts on a new chat.
+  }
+}
 const POLL_MS = 1500;
 
 let keySeq = 0;
@@ -146,6 +172,10 @@ export function useChat(options: UseChatOptions): UseChat {
   const optionsRef = useRef(options);
   optionsRef.current = options;
   const loadSeq = useRef(0);
+  // The conversation this tab had open before a reload, read once.
+  const reopenRef = useRef<string | null>(remembered());
+
+  useEffect(() => remember(conversationId), [conversationId]);
 
   const fail = useCallback((err: WireError) => {
     setError({ code: err.code, message: err.message, retryAfter: err.retryAfter, at: Date.now() });
@@ -220,6 +250,72 @@ export function useChat(options: UseChatOptions): UseChat {
     }
   }, [fail]);
 
+  /**
+   * Follow a conversation: its messages, and a reply in progress caught up
+   * from offset 0 (the catch-up comes after this ack, so the reply is set up
+   * before its first chunk). False when it could not be joined.
+   */
+  const join = useCallback(
+    (id: string, quiet = false): Promise<boolean> => {
+      const socket = socketRef.current;
+      if (!socket?.connected) return Promise.resolve(false);
+      const seq = ++loadSeq.current;
+      if (!quiet) setLoading(true);
+      return new Promise<boolean>((resolve) => {
+        socket.timeout(ACK_TIMEOUT_MS).emit('chat:join', { conversationId: id }, (timeout, ack) => {
+          if (seq === loadSeq.current) setLoading(false);
+          if (timeout || seq !== loadSeq.current || visibleRef.current !== id) {
+            resolve(false);
+            return;
+          }
+          if (!ack.ok) {
+            fail(ack.error);
+            if (ack.error.code === 'NOT_FOUND') {
+              visibleRef.current = null;
+              remember(null);
+              setConversationId(null);
+              setMessages([]);
+            }
+            resolve(false);
+            return;
+          }
+          const live = replyRef.current;
+          const streamingId = ack.streaming?.messageId ?? null;
+          if (streamingId !== null) {
+            const same = live !== null && live.messageId === streamingId;
+            replyRef.current = {
+              userKey: same ? live.userKey : '',
+              replyKey: same ? live.replyKey : streamingId,
+              messageId: streamingId,
+              conversationId: id,
+              content: '', // the catch-up chunk at offset 0 brings it whole
+              reasoning: '',
+              thinkingSince: same ? live.thinkingSince : null,
+            };
+            setStreaming(true);
+          } else if (live !== null && live.conversationId === id && live.messageId !== null) {
+            // It ended while we were away: the messages hold it as saved.
+            replyRef.current = null;
+            setStreaming(false);
+          }
+          const reply = replyRef.current;
+          setMessages(
+            ack.messages.flatMap((m) => {
+              const message = fromStored(m);
+              if (!message) return [];
+              if (reply && reply.messageId === message.id) {
+                return [{ ...message, key: reply.replyKey, status: 'streaming' as const }];
+              }
+              return [message];
+            }),
+          );
+          resolve(true);
+        });
+      });
+    },
+    [fail],
+  );
+
   // --- the socket
 
   useEffect(() => {
@@ -238,16 +334,30 @@ export function useChat(options: UseChatOptions): UseChat {
       renewals = 0;
       setConnection('connected');
       setConnectionDetail(null);
-      if (everConnected) {
-        // Replies carry on server-side while we are away, unseen by the new
-        // socket: show what was saved, and poll while it is still written.
+      if (everConnected && !socket.recovered) {
+        // Replies carry on server-side while we are away: follow the
+        // conversation again (a reply still running is caught up whole).
         const lost = replyRef.current;
-        if (lost) {
+        const visible = visibleRef.current;
+        if (lost && lost.conversationId !== visible) {
           replyRef.current = null;
           setStreaming(false);
         }
-        if (visibleRef.current) void load(visibleRef.current, true);
+        if (visible) {
+          void join(visible, true).then((joined) => {
+            if (!joined && visibleRef.current === visible) void load(visible, true);
+          });
+        }
         optionsRef.current.onConversationsChanged();
+      } else if (!everConnected && visibleRef.current === null) {
+        // A reload: reopen the conversation this tab had open.
+        const previous = reopenRef.current;
+        reopenRef.current = null;
+        if (previous) {
+          visibleRef.current = previous;
+          setConversationId(previous);
+          void join(previous);
+        }
       }
       everConnected = true;
     });
@@ -320,7 +430,27 @@ export function useChat(options: UseChatOptions): UseChat {
 
     socket.on('chat:user-message', (data) => {
       const reply = replyRef.current;
-      if (!reply) return;
+      if (!reply) {
+        // A turn started in another tab of this conversation: follow it here too.
+        if (data.conversationId !== visibleRef.current) return;
+        const followed: LiveReply = {
+          userKey: data.messageId,
+          replyKey: nextKey('reply'),
+          messageId: null,
+          conversationId: data.conversationId,
+          content: '',
+          reasoning: '',
+          thinkingSince: null,
+        };
+        replyRef.current = followed;
+        setStreaming(true);
+        setMessages((prev) => [
+          ...prev,
+          { key: data.messageId, id: data.messageId, role: 'user', content: data.content, status: 'complete' },
+          { key: followed.replyKey, id: null, role: 'assistant', content: '', status: 'streaming' },
+        ]);
+        return;
+      }
       reply.conversationId ??= data.conversationId;
       setMessages((prev) =>
         prev.map((m) => (m.key === reply.userKey ? { ...m, id: data.messageId, status: 'complete' } : m)),
@@ -351,6 +481,7 @@ export function useChat(options: UseChatOptions): UseChat {
       if (!reply) return;
       // Append only the chunk that continues the text: never twice, never out of place.
       if (data.offset !== reply.content.length) return;
+      if (!data.content) return;
       const patch: Partial<ChatMessage> = { id: data.messageId, status: 'streaming', queuePosition: null };
       if (!reply.content && reply.thinkingSince !== null) {
         patch.reasoningMs = Date.now() - reply.thinkingSince;
@@ -406,7 +537,7 @@ export function useChat(options: UseChatOptions): UseChat {
       socket.disconnect();
       socketRef.current = null;
     };
-  }, [claim, fail, load, patchReply, settle]);
+  }, [claim, fail, join, load, patchReply, settle]);
 
   // --- a reply being written elsewhere (another tab, or before a reconnect): poll
 
@@ -487,26 +618,47 @@ export function useChat(options: UseChatOptions): UseChat {
 
   const stop = useCallback(() => {
     const socket = socketRef.current;
-    if (!socket?.connected || !replyRef.current) return;
-    // The reply ends with chat:stopped (or, if it had just finished, chat:end).
-    socket.timeout(ACK_TIMEOUT_MS).emit('chat:stop', (timeout, ack) => {
+    const reply = replyRef.current;
+    if (!socket?.connected || !reply) return;
+    // By id, so it stops whichever tab started it; it ends with chat:stopped
+    // (or, if it had just finished, chat:end) in every tab.
+    const payload: StopPayload | Record<string, never> = reply.messageId
+      ? { messageId: reply.messageId }
+      : {};
+    socket.timeout(ACK_TIMEOUT_MS).emit('chat:stop', payload, (timeout, ack) => {
       if (!timeout && !ack.ok) fail(ack.error);
     });
   }, [fail]);
 
+  /** Stop following the conversation on screen (unless it is `next`), and its reply. */
+  const leave = useCallback((next: string | null) => {
+    const current = visibleRef.current;
+    if (!current || current === next) return;
+    socketRef.current?.emit('chat:leave', { conversationId: current }, () => undefined);
+    const reply = replyRef.current;
+    if (reply && reply.conversationId === current) {
+      replyRef.current = null;
+      setStreaming(false);
+    }
+  }, []);
+
   const open = useCallback(
     async (id: string) => {
+      leave(id);
       visibleRef.current = id;
+      remember(id);
       setConversationId(id);
       setMessages([]);
       setError(null);
-      await load(id);
+      if (!(await join(id))) await load(id);
     },
-    [load],
+    [join, leave, load],
   );
 
   const newChat = useCallback(() => {
     loadSeq.current += 1;
+    leave(null);
+    remember(null);
     visibleRef.current = null;
     setConversationId(null);
     setMessages([]);
