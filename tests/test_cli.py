@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import SECRET, Gateway
+from tests.proxy import cutting_proxy
 from tokenwire.auth import Authenticator
 from tokenwire.config import load_settings
 from tokenwire.testing import Script
@@ -94,6 +95,39 @@ async def test_chat_ctrl_c_stops_and_shows_what_was_kept(gateway: Gateway) -> No
     request = gateway.upstream.requests[-1]
     await asyncio.wait_for(request.finished.wait(), 10)
     assert request.closed_by_client
+
+
+async def test_chat_resumes_after_a_dropped_connection(gateway: Gateway) -> None:
+    """The network drops mid-reply: `tokenwire chat` reconnects, resumes at its offset,
+    and ends with exactly the saved reply on stdout."""
+    gateway.upstream.enqueue(Script(tokens=[f"w{i}é👋 " for i in range(150)], delay_s=0.02))
+    port = int(gateway.url.rsplit(":", 1)[1])
+    async with cutting_proxy(port) as proxy:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tokenwire",
+            "chat",
+            "long please",
+            "--url",
+            proxy.url,
+            "--token",
+            gateway.token("alice"),
+            env={**os.environ, "JWT_SECRET": SECRET},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        first = await asyncio.wait_for(process.stdout.read(20), 30)
+        assert proxy.cut() >= 1
+        rest, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    conversations, _ = await gateway.services.repository.list_conversations(
+        "alice", limit=1, offset=0
+    )
+    saved = (await gateway.services.repository.list_messages("alice", conversations[0].id))[-1]
+    assert saved.status == "complete"
+    assert (first + rest).decode() == saved.content
 
 
 async def test_chat_reports_an_unreachable_server() -> None:

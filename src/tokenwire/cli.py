@@ -105,17 +105,48 @@ def _chat(args: argparse.Namespace) -> int:
 async def _chat_session(url: str, token: str, args: argparse.Namespace) -> int:
     import socketio
 
-    client = socketio.AsyncClient(reconnection=False)
+    # A dropped connection reconnects and resumes the reply where the
+    # terminal's text ends (chat:resume {messageId, offset}); python-socketio
+    # has no connection state recovery of its own.
+    client = socketio.AsyncClient(
+        reconnection=True,
+        reconnection_attempts=10,
+        reconnection_delay=0.2,
+        reconnection_delay_max=2,
+    )
     done = asyncio.Event()
     outcome: dict[str, Any] = {}
+    reply: dict[str, Any] = {"messageId": None, "held": 0, "connected": False}
 
     # With connection state recovery on, every event carries its offset as a last argument.
     async def _conversation(data: dict[str, Any], *_offset: str) -> None:
         outcome["conversationId"] = data.get("conversationId")
 
     async def _message(data: dict[str, Any], *_offset: str) -> None:
-        sys.stdout.write(str(data.get("content", "")))
+        reply["messageId"] = reply["messageId"] or data.get("messageId")
+        content = str(data.get("content", ""))
+        if data.get("offset") != reply["held"]:
+            return  # not where the text on screen ends: never print twice
+        reply["held"] += len(content.encode("utf-16-le", "surrogatepass")) // 2
+        sys.stdout.write(content)
         sys.stdout.flush()
+
+    async def _connected() -> None:
+        if reply["connected"] and reply["messageId"] and not done.is_set():
+            answer = await client.call(
+                "chat:resume",
+                {"messageId": reply["messageId"], "offset": reply["held"]},
+                namespace="/ai",
+                timeout=10,
+            )
+            if not answer.get("ok"):
+                outcome.update(answer.get("error") or {}, kind="error")
+                done.set()
+        reply["connected"] = True
+
+    def _started(answer: Any) -> None:
+        if isinstance(answer, dict) and answer.get("ok"):
+            reply["messageId"] = reply["messageId"] or answer.get("messageId")
 
     async def _end(data: dict[str, Any], *_offset: str) -> None:
         outcome.update(data, kind="end")
@@ -137,6 +168,15 @@ async def _chat_session(url: str, token: str, args: argparse.Namespace) -> int:
         ("chat:error", _error),
     ):
         client.on(event, handler, namespace="/ai")
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def _on_connect() -> None:
+        task = loop.create_task(_connected())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    client.on("connect", _on_connect, namespace="/ai")
     try:
         await client.connect(
             url,
@@ -148,7 +188,6 @@ async def _chat_session(url: str, token: str, args: argparse.Namespace) -> int:
     except socketio.exceptions.ConnectionError as exc:
         print(f"tokenwire chat: could not connect to {url}: {exc}", file=sys.stderr)
         return 1
-    loop = asyncio.get_running_loop()
     stop_sent = False
 
     def on_interrupt() -> None:
@@ -157,7 +196,11 @@ async def _chat_session(url: str, token: str, args: argparse.Namespace) -> int:
             done.set()
             return
         stop_sent = True
-        loop.create_task(client.emit("chat:stop", namespace="/ai"))
+        # By id: after a reconnect this socket is not the one that started it.
+        stop = {"messageId": reply["messageId"]} if reply["messageId"] else {}
+        task = loop.create_task(client.emit("chat:stop", stop, namespace="/ai"))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     with contextlib.suppress(NotImplementedError):
         loop.add_signal_handler(signal.SIGINT, on_interrupt)
@@ -166,7 +209,7 @@ async def _chat_session(url: str, token: str, args: argparse.Namespace) -> int:
         payload["conversationId"] = args.conversation
     if args.model:
         payload["model"] = args.model
-    await client.emit("chat:start", payload, namespace="/ai")
+    await client.emit("chat:start", payload, namespace="/ai", callback=_started)
     await done.wait()
     await client.disconnect()
     kind = outcome.get("kind")
