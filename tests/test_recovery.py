@@ -236,3 +236,22 @@ async def test_a_client_disconnect_ends_the_session_at_once(gateway: Gateway) ->
             break
         await asyncio.sleep(0.01)
     assert len(gateway.app.sio.recovery) == 0
+
+
+
+async def test_a_disconnect_then_close_back_to_back_ends_the_session_at_once(
+    gateway: Gateway,
+) -> None:
+    # socket.io-client's disconnect(): DISCONNECT, then engine.io's CLOSE
+    # right behind it. engine.io runs the message in a task of its own; the
+    # CLOSE must not get there first and leave the session waiting.
+    wire = await Wire.open(gateway, {"token": gateway.token("alice")})
+    assert wire.connect is not None
+    await wire.ws.send("41/ai,")
+    await wire.ws.send("1")
+    for _ in range(100):
+        if len(gateway.app.sio.recovery) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert len(gateway.app.sio.recovery) == 0
+    assert gateway.app.namespace.principals == {}

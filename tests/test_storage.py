@@ -264,3 +264,27 @@ async def test_aiosqlite_urls_still_work(tmp_path: Any) -> None:
         assert await database.ping()
     finally:
         await database.dispose()
+
+
+async def test_replies_growing_together_are_all_checkpointed(
+    gateway_factory: GatewayFactory, database_url: str, client_factory: Any
+) -> None:
+    # One checkpoint statement runs for every reply that grew (executemany);
+    # an IN list in it made SQLAlchemy refuse the whole checkpoint as soon as
+    # two replies grew in one interval, and crash recovery saved nothing.
+    async with gateway_factory(database_url=database_url) as gateway:
+        clients = [client_factory() for _ in range(3)]
+        acks = []
+        for i, client in enumerate(clients):
+            await client.connect(gateway.url, gateway.token(f"user{i}"))
+            gateway.upstream.enqueue(Script(count=400, delay_s=0.01))
+            acks.append(await client.call("chat:start", {"message": f"long {i}"}))
+        await asyncio.sleep(3 * gateway.settings.checkpoint_interval_s)
+        saved = [
+            await gateway.services.repository.get_reply(f"user{i}", ack["messageId"])
+            for i, ack in enumerate(acks)
+        ]
+        assert [m.status for m in saved] == ["streaming"] * 3
+        assert all(m.content.startswith("token0 token1 ") for m in saved), saved
+        for client in clients:
+            await client.call("chat:stop")

@@ -115,7 +115,10 @@ _CHECKPOINT = (
     .where(
         _M.c.id == bindparam("b_id"),
         _M.c.node_id == bindparam("b_node"),
-        _M.c.status.in_((_STREAMING, _INTERRUPTED)),
+        # Not `in_(...)`: an IN list is an "expanding" parameter, which
+        # SQLAlchemy refuses in executemany, and checkpoints run one
+        # statement for every reply that grew.
+        or_(_M.c.status == _STREAMING, _M.c.status == _INTERRUPTED),
     )
     .values(
         content=bindparam("b_content"),

@@ -430,6 +430,13 @@ class RecoveringServer(socketio.AsyncServer):  # type: ignore[misc]
         # away. The server's own disconnects (drain, a slow client cut off)
         # do not.
         if self.recovery is not None and reason != self.eio.reason.SERVER_DISCONNECT:
+            # A client's `disconnect()` sends Socket.IO's DISCONNECT, then
+            # closes the connection at once (python-socketio: no engine.io
+            # CLOSE, just the socket); engine.io runs the message in a task of
+            # its own, which may not have started yet. Let it mark the session
+            # disconnecting first (`_leave` then leaves it alone): a client
+            # that said goodbye is not away.
+            await asyncio.sleep(0)
             for namespace in self.recoverable:
                 await self._leave(eio_sid, namespace)
         await super()._handle_eio_disconnect(eio_sid, reason)
@@ -438,8 +445,8 @@ class RecoveringServer(socketio.AsyncServer):  # type: ignore[misc]
         """This connection is gone; its session waits CONNECTION_RECOVERY_S for its client."""
         assert self.recovery is not None
         session = self._session_of(eio_sid, namespace)
-        if session is None or session.away:
-            return
+        if session is None or session.away or not self.manager.is_connected(session.sid, namespace):
+            return  # none, away already, or being disconnected by its client
         sid, manager = session.sid, self.manager
         rooms = [r for r in manager.get_rooms(sid, namespace) if r != sid]
         manager.pre_disconnect(sid, namespace)
