@@ -238,7 +238,6 @@ async def test_a_client_disconnect_ends_the_session_at_once(gateway: Gateway) ->
     assert len(gateway.app.sio.recovery) == 0
 
 
-
 async def test_a_disconnect_then_close_back_to_back_ends_the_session_at_once(
     gateway: Gateway,
 ) -> None:
