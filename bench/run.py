@@ -6,7 +6,7 @@
 Starts an OpenAI-compatible upstream double (bench/upstream.py), the gateway
 (`python -m tokenwire serve`, or the NestJS peer for B5) and Node load
 generators (bench/loadgen, the official socket.io-client) as separate
-processes, measures B1-B5, prints one table with the machine described and
+processes, measures B1-B7, prints one table with the machine described and
 rewrites docs/benchmarks.md. Every process it starts is ended when it exits,
 also on Ctrl-C or an error. See bench/README.md.
 """
@@ -29,6 +29,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python bench/run.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import follow
 from bench.procs import Processes, machine, raise_fd_limit
 from bench.report import Figure, markdown_table, write_doc
 from bench.scenarios import Bench, Settings, StreamResult, Target, cpu_count
@@ -37,9 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PEER = ROOT.parent / "shared" / "peers" / "nestjs-gateway"
 
 
-def _export(ref: str, logs: Path) -> Path:
+def _export(ref: str, logs: Path, name: str = "tree") -> Path:
     """The tree at git revision `ref` (its src/), so concurrent edits do not move the target."""
-    tree = logs / "tree"
+    tree = logs / name
     tree.mkdir()
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", ref, "src"], check=True, capture_output=True
@@ -48,11 +49,25 @@ def _export(ref: str, logs: Path) -> Path:
     return tree
 
 
+def _python(tree: Path) -> str:
+    """The tree's own interpreter if it has a .venv, else this one (the project's)."""
+    python = tree / ".venv" / "bin" / "python"
+    return str(python) if python.exists() else sys.executable
+
+
+def _short(rev: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", rev],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
 def _settings(args: argparse.Namespace, logs: Path) -> Settings:
     tree = _export(args.ref, logs) if args.ref else Path(args.tree).resolve()
-    python = str(tree / ".venv" / "bin" / "python")
-    if not Path(python).exists():
-        python = sys.executable
+    python = _python(tree)
+    against = _export(args.against, logs, "against") if args.against else None
     cache = ROOT / ".cache" / "bench"
     common = {
         "tree": tree,
@@ -64,6 +79,8 @@ def _settings(args: argparse.Namespace, logs: Path) -> Settings:
         "profile": Path(args.profile).resolve() if args.profile else None,
         "b2_reply_tokens": args.reply_tokens,
         "turns_per_conversation": args.turns,
+        "against": against,
+        "against_python": _python(against) if against else "",
     }
     if args.b3_levels:
         # Exactly these levels, in order, with no bisection and no time budget.
@@ -79,6 +96,8 @@ def _settings(args: argparse.Namespace, logs: Path) -> Settings:
             b2_window_s=args.window or 20,
             b2_flush_extra=(20,),
             b5_pairs=2,
+            b6_pairs=2,
+            b7_rounds=5,
             b3_warmup_s=4,
             b3_window_s=10,
             b4_clients=10_000,
@@ -93,6 +112,7 @@ def _settings(args: argparse.Namespace, logs: Path) -> Settings:
     return Settings(mode="quick", b2_window_s=args.window or 4.0, **(quick_b3 | common))
 
 
+SCENARIOS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7")
 DEFAULT_FLUSH_MS = 50.0  # STREAM_FLUSH_MS's default in src/tokenwire/config.py
 
 
@@ -188,7 +208,7 @@ async def run(args: argparse.Namespace, logs: Path) -> int:
     started = time.monotonic()
     load_before = os.getloadavg()
     s = _settings(args, logs)
-    only = set(args.only.upper().split(",")) if args.only else {"B1", "B2", "B3", "B4", "B5"}
+    only = set(args.only.upper().split(",")) if args.only else set(SCENARIOS)
     fds = raise_fd_limit()
     prepare_node(s.cache, "B5" in only)
     host = machine(s.python)
@@ -206,8 +226,13 @@ async def run(args: argparse.Namespace, logs: Path) -> int:
         # token, as the peer sends); then any extra coalescing values.
         tw: dict[float, list[StreamResult]] = {}
         nest: list[StreamResult] = []
+        # --against: the same load on another revision, and on this tree with
+        # CONNECTION_RECOVERY=false, in the same pairs.
+        against: dict[float, list[StreamResult]] = {}
+        recovery_off: dict[float, list[StreamResult]] = {}
+        rev = _short(args.against) if args.against else ""
         if only & {"B2", "B5"}:
-            for pair in range(s.b5_pairs if "B5" in only else 1):
+            for pair in range(args.pairs or (s.b5_pairs if "B5" in only else 1)):
                 for flush in (s.coalesce_ms, 0.0):
                     print(
                         f"B2/B5 pair {pair + 1}: tokenwire STREAM_FLUSH_MS={flush:g} ...",
@@ -216,6 +241,27 @@ async def run(args: argparse.Namespace, logs: Path) -> int:
                     tw.setdefault(flush, []).append(
                         await bench.b2(flush, f"B2 flush {flush:g} #{pair + 1}")
                     )
+                    if s.against is not None:
+                        print(
+                            f"B2 pair {pair + 1}: {rev} STREAM_FLUSH_MS={flush:g} ...", flush=True
+                        )
+                        against.setdefault(flush, []).append(
+                            await bench.b2(
+                                flush, f"B2 {rev} flush {flush:g} #{pair + 1}", against=True
+                            )
+                        )
+                        print(
+                            f"B2 pair {pair + 1}: CONNECTION_RECOVERY=false "
+                            f"STREAM_FLUSH_MS={flush:g} ...",
+                            flush=True,
+                        )
+                        recovery_off.setdefault(flush, []).append(
+                            await bench.b2(
+                                flush,
+                                f"B2 recovery off flush {flush:g} #{pair + 1}",
+                                env={"CONNECTION_RECOVERY": "false"},
+                            )
+                        )
                     if "B5" in only and flush == s.coalesce_ms:
                         print(f"B2/B5 pair {pair + 1}: NestJS peer ...", flush=True)
                         nest.append(await bench.b5_nest(f"B5 NestJS #{pair + 1}"))
@@ -224,6 +270,7 @@ async def run(args: argparse.Namespace, logs: Path) -> int:
                     print(f"B2: tokenwire STREAM_FLUSH_MS={flush:g} ...", flush=True)
                     tw[flush] = [await bench.b2(flush, f"B2 flush {flush:g}")]
             runs += [r for results in tw.values() for r in results] + nest
+            runs += [r for arm in (against, recovery_off) for rs in arm.values() for r in rs]
             # A turn's own cost (chat:start, the database, history, the
             # request, the save, chat:end) with almost no tokens in it.
             turn_runs: dict[str, StreamResult] = {}
@@ -280,6 +327,27 @@ async def run(args: argparse.Namespace, logs: Path) -> int:
                     + (f" ({tw_turn / nest_turn:.2f} × NestJS)" if nest_turn else ""),
                 )
             )
+        for flush, results in against.items():
+            ratio = per_token(tw[flush]) / per_token(results)
+            off = per_token(tw[flush]) / per_token(recovery_off[flush])
+            figures.append(
+                Figure(
+                    "B2",
+                    f"CPU per delivered token, this tree ÷ {rev} (`--against {args.against}`), "
+                    f"STREAM_FLUSH_MS={flush:g}",
+                    f"{ratio:.2f} ({per_token(tw[flush]):.1f} vs {per_token(results):.1f} µs)",
+                    "≤ 1.10",
+                    ratio <= 1.10,
+                )
+            )
+            figures.append(
+                Figure(
+                    "B2",
+                    "CPU per delivered token, CONNECTION_RECOVERY on (the default) ÷ off, "
+                    f"STREAM_FLUSH_MS={flush:g}",
+                    f"{off:.2f} ({per_token(recovery_off[flush]):.1f} µs off)",
+                )
+            )
         if nest_us is not None:
             figures.append(
                 Figure(
@@ -299,6 +367,15 @@ async def run(args: argparse.Namespace, logs: Path) -> int:
                     name = "tokenwire / NestJS CPU per token, STREAM_FLUSH_MS=0 (a frame per token, as NestJS)"
                     value = f"{ratio:.2f}"
                 figures.append(Figure("B5", name, value, "≤ 0.50", ratio <= 0.5))
+
+        if "B6" in only:
+            b6_figures, b6_runs = await follow.b6(bench)
+            figures += b6_figures
+            runs += b6_runs
+        if "B7" in only:
+            b7_figures, b7_notes = await follow.b7(bench)
+            figures += b7_figures
+            notes += b7_notes
 
         capacity = 0
         if "B3" in only:
@@ -448,7 +525,8 @@ async def run(args: argparse.Namespace, logs: Path) -> int:
             command=f"uv run python bench/run.py --{s.mode}"
             + (f" --double {s.double}" if s.double != "realistic" else "")
             + (f" --only {args.only}" if args.only else "")
-            + (f" --ref {args.ref}" if args.ref else ""),
+            + (f" --ref {args.ref}" if args.ref else "")
+            + (f" --against {args.against}" if args.against else ""),
             mode=s.mode,
             machine=host.line(),
             figures=figures,
@@ -480,6 +558,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--ref", help="measure this git revision's src/ (e.g. HEAD) instead of the work tree"
+    )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="also run B2's tokenwire arms on git revision REV and with CONNECTION_RECOVERY=false, "
+        "in the same pairs (e.g. b883273^, the commit before connection state recovery)",
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        help="B2/B5 pairs (with --against, each pair also runs REV and recovery off); "
+        "default 1, 2 in --full with B5",
     )
     parser.add_argument(
         "--double",

@@ -1,9 +1,11 @@
-"""The five measurements (B1-B5) and the runs they are made of.
+"""The measurements (B1-B7) and the runs they are made of.
 
 A *stream run* starts a fresh upstream, a fresh gateway (tokenwire or the
 NestJS peer) and a few load-generator processes; the clients connect, loop
 `chat:start` -> `chat:end`, and after a warm-up the counters and every
 process's CPU are read at the start and the end of a measurement window.
+B6's clients each bring followers (more sockets of the same user joined to
+the conversation); B7 is not a stream run but rounds of resumes.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import jwt
 import orjson
 
 from bench.procs import Proc, Processes, free_port, wait_http
 
-__all__ = ["Bench", "Settings", "StreamResult", "Target"]
+__all__ = ["Bench", "Resumes", "Settings", "StreamResult", "Target"]
 
 TOKEN_CHARS = 4  # bench/upstream.py sends " tok"
 BENCH = Path(__file__).resolve().parent
@@ -65,6 +67,17 @@ class Settings:
     b4_hold_s: float = 12.0
     b4_ping_s: float = 10.0
     b4_env: dict[str, str] = field(default_factory=dict)
+    b6_clients: int = 200  # streams, each followed by b6_followers more sockets of its user
+    b6_followers: int = 2
+    b6_pairs: int = 1  # (followed, unfollowed) runs
+    b7_trios: int = 10  # concurrent replies resumed in a round
+    b7_rounds: int = 2
+    b7_rate: float = 1000.0  # fast, so a reply reaches 10 KB in 2.5 s
+    b7_reply_tokens: int = 3000  # 12,000 characters
+    b7_resume_at_chars: int = 10_000
+    # Another tree measured beside `tree` in B2 (`--against REV`), and its interpreter.
+    against: Path | None = None
+    against_python: str = ""
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(48))
     users: int = 1000
     # bench/upstream.py's shape ("realistic", as OpenAI streams; "lean", the
@@ -96,6 +109,11 @@ class StreamResult:
     p50_gap_ms: float
     p99_gap_ms: float
     codes: dict[str, int] = field(default_factory=dict)
+    followers: int = 0  # sockets following each client's conversations (B6)
+    follower_replies: int = 0
+    follower_complete: int = 0  # every character, each chunk at its offset, text == chat:end's
+    follower_short: int = 0
+    misplaced: int = 0  # chunks whose offset was not the length the socket held
 
     @property
     def cpu_per_token_us(self) -> float:
@@ -112,8 +130,10 @@ class StreamResult:
 
     @property
     def held(self) -> float:
-        """Delivered tokens as a fraction of what every client streaming at `rate` would get."""
-        return self.tokens_per_s / (self.clients * self.rate) if self.clients else 0.0
+        """Delivered tokens as a fraction of what every client (and follower) streaming at
+        `rate` would get."""
+        subscribers = self.clients * (1 + self.followers)
+        return self.tokens_per_s / (subscribers * self.rate) if self.clients else 0.0
 
     def row(self) -> dict[str, str]:
         w = self.window_s
@@ -133,8 +153,63 @@ class StreamResult:
             f"({max(self.loadgen_cpu_s, default=0) / w:.0%})",
             "p50/p99 gap ms": f"{self.p50_gap_ms:.0f}/{self.p99_gap_ms:.0f}",
             "replies ok/short/err": f"{self.complete}/{self.short}/{self.errors}"
-            + (f" {self.codes}" if self.codes else ""),
+            + (f" {self.codes}" if self.codes else "")
+            + (
+                f"; followers {self.follower_complete}/{self.follower_short}"
+                if self.followers
+                else ""
+            )
+            + (f"; {self.misplaced} misplaced" if self.misplaced else ""),
         }
+
+    @property
+    def followers_whole(self) -> bool:
+        """Every follower's reply arrived whole, and they followed (almost) every reply.
+
+        Replies straddle the window's edges, so a follower may count one more
+        or one fewer reply than its starter; 2% allows for that.
+        """
+        expected = self.replies * self.followers
+        return (
+            self.follower_short == 0
+            and self.misplaced == 0
+            and self.errors == 0
+            and self.follower_complete >= 0.98 * expected
+        )
+
+
+@dataclass
+class Resumes:
+    """B7's samples: per resumed reply, what its two resumers measured (see loadgen.js)."""
+
+    samples: list[dict[str, float | bool]]
+    connect_failed: int
+    errors: int
+    codes: dict[str, int]
+    misplaced: int
+
+    def _ms(self, key: str) -> list[float]:
+        return [float(x[key]) for x in self.samples if key in x]
+
+    def p(self, key: str, q: float) -> float:
+        """`key`'s percentile in ms: catchupMs, ackMs (offset 0) or baselineAckMs (nothing missed)."""
+        return percentile(self._ms(key), q)
+
+    @property
+    def held(self) -> float:
+        """Median characters the reply held when it was resumed."""
+        return statistics.median(self._ms("held")) if self.samples else 0.0
+
+    @property
+    def catchup_frames(self) -> list[int]:
+        """chat:message frames the offset-0 resumer took to hold what the starter held."""
+        return [int(x.get("catchupFrames", 0)) for x in self.samples]
+
+    @property
+    def complete(self) -> int:
+        """Samples where all three sockets ended with the saved text (starter and late
+        resumer all of it, the baseline the part after its offset)."""
+        return sum(1 for x in self.samples if x.get("complete"))
 
 
 def _percentile(hist: list[int], q: float) -> float:
@@ -214,14 +289,22 @@ class Bench:
         return proc, url
 
     async def tokenwire(
-        self, upstream: str, flush_ms: float, extra: dict[str, str] | None = None
+        self,
+        upstream: str,
+        flush_ms: float,
+        extra: dict[str, str] | None = None,
+        *,
+        against: bool = False,
     ) -> tuple[Proc, str]:
+        """The gateway, from the tree under test or (`against`) the `--against` tree."""
+        tree, python = (self.s.against, self.s.against_python) if against else (None, "")
+        tree, python = tree or self.s.tree, python or self.s.python
         port = free_port()
         self._run += 1
         work = self.s.logs / f"tokenwire-{self._run}"
         work.mkdir(parents=True, exist_ok=True)
         env = {
-            "PYTHONPATH": str(self.s.tree / "src"),
+            "PYTHONPATH": str(tree / "src"),
             "LLM_PROVIDER": "openai",
             "OPENAI_BASE_URL": upstream,
             "OPENAI_API_KEY": "sk-bench",
@@ -237,7 +320,7 @@ class Bench:
             "STREAM_FLUSH_MS": f"{flush_ms:g}",
             **(extra or {}),
         }
-        argv = [self.s.python, "-m", "tokenwire", "serve", "--port", str(port)]
+        argv = [python, "-m", "tokenwire", "serve", "--port", str(port)]
         proc = await self.procs.start(f"tokenwire-{port}", argv, env=env, cwd=work)
         url = f"http://127.0.0.1:{port}"
         await wait_http(f"{url}/healthz", proc)
@@ -270,10 +353,13 @@ class Bench:
         expect_chars: int = 0,
         per_proc: int = 300,
         spread_s: float = 1.0,
+        extra: dict[str, object] | None = None,
+        sockets_per_client: int = 1,
     ) -> LoadGroup:
         """Load generator processes for `clients` connections; `run` starts each
-        one's first reply at a random moment within `spread_s`."""
-        count = max(1, min(4, math.ceil(clients / per_proc)))
+        one's first reply at a random moment within `spread_s`. `extra` goes
+        into their configuration (`followers`, `mode`: see loadgen.js)."""
+        count = max(1, min(4, math.ceil(clients * sockets_per_client / per_proc)))
         self._groups += 1
         procs = []
         for i in range(count):
@@ -287,6 +373,7 @@ class Bench:
                 "connectConcurrency": 50,
                 "staggerMs": spread_s * 1000,
                 "turnsPerConversation": self.s.turns_per_conversation,
+                **(extra or {}),
             }
             path = self.s.logs / f"loadgen-{self._groups}-{i}.json"
             path.write_bytes(orjson.dumps(config))
@@ -299,7 +386,9 @@ class Bench:
             procs.append(proc)
         return LoadGroup(procs, spread_s)
 
-    async def reply_load(self, url: str, clients: int, *, rate: float, tokens: int) -> LoadGroup:
+    async def reply_load(
+        self, url: str, clients: int, *, rate: float, tokens: int, followers: int = 0
+    ) -> LoadGroup:
         """Clients looping replies of `tokens` at `rate`, their first replies spread over one.
 
         Each client's first reply starts at a random moment within one
@@ -310,7 +399,12 @@ class Bench:
         second every 6 s, and measured that wave rather than the load held.
         """
         return await self.loadgen(
-            url, clients, expect_chars=tokens * TOKEN_CHARS, spread_s=tokens / rate
+            url,
+            clients,
+            expect_chars=tokens * TOKEN_CHARS,
+            spread_s=tokens / rate,
+            extra={"followers": followers} if followers else None,
+            sockets_per_client=1 + followers,
         )
 
     async def _connect(self, group: LoadGroup, within_s: float) -> tuple[int, int, float]:
@@ -333,13 +427,18 @@ class Bench:
         reply_tokens: int,
         warmup_s: float,
         window_s: float,
+        followers: int = 0,
+        env: dict[str, str] | None = None,
+        against: bool = False,
     ) -> StreamResult:
         upstream, up_url = await self.upstream(rate, reply_tokens)
         if target == "nest":
             server, url = await self.nest(up_url)
         else:
-            server, url = await self.tokenwire(up_url, flush_ms or 0)
-        group = await self.reply_load(url, clients, rate=rate, tokens=reply_tokens)
+            server, url = await self.tokenwire(up_url, flush_ms or 0, env, against=against)
+        group = await self.reply_load(
+            url, clients, rate=rate, tokens=reply_tokens, followers=followers
+        )
         try:
             _, failed, _ = await self._connect(group, 120)
             await group.run(warmup_s)
@@ -382,9 +481,12 @@ class Bench:
             loadgen_cpu_s=[b - a for a, b in zip(cpu0[2], cpu1[2], strict=True)],
             p50_gap_ms=_percentile(gaps, 0.50),
             p99_gap_ms=_percentile(gaps, 0.99),
-            codes=dict(
-                Counter(code for s in snaps for code, n in s["codes"].items() for _ in range(n))
-            ),  # type: ignore[union-attr]
+            codes=_codes(snaps),
+            followers=followers,
+            follower_replies=total("followerReplies"),
+            follower_complete=total("followerComplete"),
+            follower_short=total("followerShort"),
+            misplaced=total("misplaced"),
         )
 
     async def _profile(self, label: str, server: Proc, window_s: float) -> Proc | None:
@@ -415,7 +517,15 @@ class Bench:
 
     # --- B2 and B5: CPU per token, tokenwire and the NestJS peer
 
-    async def b2(self, flush_ms: float, label: str) -> StreamResult:
+    async def b2(
+        self,
+        flush_ms: float,
+        label: str,
+        *,
+        env: dict[str, str] | None = None,
+        against: bool = False,
+    ) -> StreamResult:
+        """B2's load; `env` adds to the gateway's environment, `against` runs the `--against` tree."""
         s = self.s
         return await self.stream_run(
             label,
@@ -426,6 +536,8 @@ class Bench:
             reply_tokens=s.b2_reply_tokens,
             warmup_s=s.b2_warmup_s,
             window_s=s.b2_window_s,
+            env=env,
+            against=against,
         )
 
     async def b5_nest(self, label: str) -> StreamResult:
@@ -453,6 +565,63 @@ class Bench:
             reply_tokens=1,
             warmup_s=s.b2_warmup_s,
             window_s=s.b2_window_s,
+        )
+
+    # --- B6: followers
+
+    async def b6(self, followers: int, label: str) -> StreamResult:
+        """B2's load (at the coalescing flush), each stream followed by `followers` more sockets."""
+        s = self.s
+        return await self.stream_run(
+            label,
+            "tokenwire",
+            flush_ms=s.coalesce_ms,
+            clients=s.b6_clients,
+            rate=s.b2_rate,
+            reply_tokens=s.b2_reply_tokens,
+            warmup_s=s.b2_warmup_s,
+            window_s=s.b2_window_s,
+            followers=followers,
+        )
+
+    # --- B7: resume at 10 KB missed
+
+    async def b7(self) -> Resumes:
+        """Rounds of `b7_trios` concurrent replies, each resumed twice once it holds 10 KB.
+
+        A first round warms the gateway up (lazy imports, the first database
+        writes) and is not counted.
+        """
+        s = self.s
+        upstream, up_url = await self.upstream(s.b7_rate, s.b7_reply_tokens)
+        server, url = await self.tokenwire(up_url, s.coalesce_ms)
+        reply_s = s.b7_reply_tokens / s.b7_rate
+        config: dict[str, object] = {
+            "mode": "resume",
+            "resumeAtChars": s.b7_resume_at_chars,
+            "roundTimeoutMs": (reply_s + 10) * 1000,
+        }
+        group = await self.loadgen(url, s.b7_trios, spread_s=0.5, extra=config)
+        samples: list[dict[str, float | bool]] = []
+        within = reply_s + 30
+        try:
+            _, failed, _ = await self._connect(group, 60)
+            await group.all("round", "round", within)
+            await group.all("reset", "reset", 10)
+            for _ in range(s.b7_rounds):
+                for reply in await group.all("round", "round", within):
+                    samples += reply["samples"]  # type: ignore[arg-type]
+            snaps = await group.all("snap", "snap", 10)
+            await group.all("quit", "bye", 10)
+        finally:
+            for proc in (*group.procs, server, upstream):
+                await self.procs.stop(proc)
+        return Resumes(
+            samples=samples,
+            connect_failed=failed,
+            errors=sum(int(x["errors"]) for x in snaps),  # type: ignore[call-overload]
+            codes=_codes(snaps),
+            misplaced=sum(int(x["misplaced"]) for x in snaps),  # type: ignore[call-overload]
         )
 
     # --- B3: capacity
@@ -640,6 +809,14 @@ class Bench:
             "hold_s": s.b4_hold_s,
             "loadgen_rss": loadgen_rss,
         }
+
+
+def _codes(snaps: list[dict[str, object]]) -> dict[str, int]:
+    """The error codes the load generators counted, summed."""
+    counts: Counter[str] = Counter()
+    for snap in snaps:
+        counts.update(cast(dict[str, int], snap["codes"]))
+    return dict(counts)
 
 
 def _ttft(samples: dict[str, list[float | None]]) -> dict[str, float]:
