@@ -147,6 +147,53 @@ async def test_resume_of_a_finished_reply_answers_the_tail_and_its_end(
     assert again.order() == ["chat:end"]
 
 
+def thoughts(client: Client, message_id: str) -> str:
+    """The reasoning as this client holds it: each piece must start where the last ended."""
+    text = ""
+    for piece in client.named("chat:reasoning"):
+        if piece["messageId"] == message_id:
+            assert piece["offset"] == utf16_len(text), (piece["offset"], text)
+            text += piece["content"]
+    return text
+
+
+async def test_resume_catches_up_the_reasoning_too(
+    gateway: Gateway, client: Client, client_factory: Factory
+) -> None:
+    """Mid-thought, mid-text and after the end: the reasoning so far comes first, at offset 0."""
+    reasoning = [f"step {i} 🤔 " for i in range(10)]
+    gateway.upstream.enqueue(
+        Script(reasoning=reasoning, tokens=[f"w{i}é " for i in range(30)], delay_s=0.03)
+    )
+    ack = await client.call("chat:start", {"message": "think"})
+    message_id = ack["messageId"]
+    for _ in range(3):
+        await client.wait_for("chat:reasoning")
+    thinking = await connected(gateway, client_factory)  # reloaded while it thinks
+    await thinking.call("chat:resume", {"messageId": message_id, "offset": 0})
+    await client.wait_for("chat:message")
+    await client.wait_for("chat:message")
+    held = assembled(client, message_id)
+    writing = await connected(gateway, client_factory)  # reloaded while it writes
+    await writing.call("chat:resume", {"messageId": message_id, "offset": utf16_len(held)})
+    end = (await client.wait_for("chat:end"))[1]
+    await thinking.wait_for("chat:end")
+    await writing.wait_for("chat:end")
+    after = await connected(gateway, client_factory)  # reloaded after the end
+    await after.call("chat:resume", {"messageId": message_id, "offset": 0})
+    await after.wait_for("chat:end")
+
+    row = await saved(gateway, message_id)
+    assert row.reasoning == "".join(reasoning)
+    for follower in (thinking, writing, after):
+        assert thoughts(follower, message_id) == row.reasoning
+        assert follower.order()[0] == "chat:reasoning"  # before any text
+    assert len(thinking.named("chat:reasoning")) >= 2  # caught up, then live
+    assert writing.order() == ["chat:reasoning", "chat:message", "chat:end"]
+    assert held + assembled(writing, message_id, start=utf16_len(held)) == row.content
+    assert assembled(thinking, message_id) == assembled(after, message_id) == end["content"]
+
+
 async def test_stop_from_another_socket_stops_it_for_every_follower(
     gateway: Gateway, client: Client, client_factory: Factory
 ) -> None:

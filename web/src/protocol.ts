@@ -13,7 +13,8 @@
  *
  * Following a reply from anywhere: `chat:join` a conversation (its messages in
  * the ack, then the reply in progress from offset 0, then every event of it),
- * `chat:resume` one reply at the offset the client holds, `chat:stop` a reply
+ * `chat:resume` one reply at the offset the client holds (its reasoning comes
+ * again whole, at reasoning offset 0, as on join), `chat:stop` a reply
  * by id from any tab. Mirrored by src/tokenwire/wire/protocol.py.
  */
 

@@ -335,15 +335,18 @@ class ChatService:
     ) -> CatchUp:
         """Follow one reply from `offset` (UTF-16 units): the missed text, then live, then its end.
 
-        A reply that has ended is answered from the database: the missing
-        tail and its final event with the whole content. Someone else's or a
-        missing reply is NotFound; an offset past its end (or inside a
-        character) is VALIDATION_ERROR.
+        Its reasoning so far comes first, whole, at reasoning offset 0 (as on
+        `join`): `offset` counts the text only, and a reloaded page holds no
+        reasoning; a client that kept its own sees offset 0 and can skip it.
+        A reply that has ended is answered from the database: its reasoning,
+        the missing tail and its final event with the whole content. Someone
+        else's or a missing reply is NotFound; an offset past its end (or
+        inside a character) is VALIDATION_ERROR.
         """
         reply = self.replies.get(message_id)
         if reply is not None and reply.user_id == user_id:
             try:
-                writer = reply.log.follow(key, sink, offset, reasoning=False)
+                writer = reply.log.follow(key, sink, offset, reasoning=True)
             except ValueError:
                 raise _bad_offset(offset, reply.log.length) from None
             self.replies.followed(key, reply)
@@ -356,7 +359,7 @@ class ChatService:
         writer = ChunkWriter(
             sink, message_id=row.id, conversation_id=row.conversation_id, flush_s=0, sent=offset
         )
-        writer.preload(tail, "", _saved_end(row))
+        writer.preload(tail, row.reasoning or "", _saved_end(row))
         return CatchUp(message_id, row.conversation_id, [writer])
 
     def detach(self, sid: str) -> None:
