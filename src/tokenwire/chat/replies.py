@@ -52,6 +52,8 @@ class Reply:
     state: ReplyState = "running"
     stop_reason: StopReason | None = None
     checkpointed_parts: int = 0
+    # The request has gone to the upstream, or waits in line, or will not go.
+    under_way: asyncio.Event = field(default_factory=asyncio.Event)
     first_token: asyncio.Event = field(default_factory=asyncio.Event)  # sent, or none is coming
     committed: asyncio.Event = field(default_factory=asyncio.Event)  # the turn is in the database
     # True once the turn is committed, False if it never will be (aborted).

@@ -202,6 +202,12 @@ class ChatService:
         # the ids it was announced, and nothing of the turn is stored.
         reply.task = asyncio.create_task(self._run(reply), name=f"reply:{reply.message_id}")
         try:
+            # The request goes first: announcing writes to the client, and on
+            # a small machine the client woken by those writes takes the CPU
+            # the request was waiting for (B1). The turn is announced while
+            # the upstream works on its answer; no chunk overtakes it, since
+            # every follower is held until `release`.
+            await reply.under_way.wait()
             await self._announce(turn, chat.message, log_, starter)
             await log_.release()
             with contextlib.suppress(TimeoutError):
@@ -392,6 +398,8 @@ class ChatService:
         except asyncio.CancelledError:
             generation.cancel()  # the loop itself is going away (not a stop): let it
             raise
+        finally:
+            reply.under_way.set()  # stopped before its request went out, or failed
         if generation.cancelled():
             if reply.stop_reason in ("stopped", "deleted"):
                 status = MessageStatus.STOPPED
@@ -426,6 +434,7 @@ class ChatService:
     async def _pump(self, reply: Reply) -> StreamEnd:
         queued = not self.queue.try_acquire()
         if queued:
+            reply.under_way.set()  # in line: the turn is announced, then chat:queued
             await self._wait_in_line(reply)
         try:
             if queued:  # out of the line: the request goes out now
@@ -465,6 +474,9 @@ class ChatService:
         )
         try:
             async with contextlib.aclosing(self.provider.stream(reply.request)) as stream:
+                # Set before the first step of the stream, which writes the
+                # request: whoever waits for it runs once that step yields.
+                reply.under_way.set()
                 async for item in stream:
                     if type(item) is str:
                         now = loop.time()
