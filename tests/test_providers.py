@@ -15,7 +15,7 @@ from tokenwire.providers.demo import DemoProvider
 from tokenwire.providers.openai import _retry_after
 from tokenwire.providers.sse import iter_sse_data
 from tokenwire.testing import Script
-from tokenwire.tokens import count_text
+from tokenwire.tokens import count_messages, count_text, most_tokens, trim_history
 
 
 async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
@@ -85,6 +85,24 @@ async def test_system_prompt_goes_first_and_history_is_trimmed_oldest_first(
         assert len(sent) < 8  # the oldest turns were dropped to fit 60 tokens
         assert {"role": "user", "content": "question number 0 " * 3} not in sent
         assert sent[-2] == {"role": "assistant", "content": "answer 2 " * 3}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain words, many of them " * 40, "emoji 😀🎉👩‍👩‍👧 and CJK 漢字かな", "  \n\t spaces  ", ""],
+)
+def test_the_byte_bound_is_never_below_the_count_and_trimming_agrees_with_counting(
+    text: str,
+) -> None:
+    messages = [{"role": "user", "content": text}, {"role": "assistant", "content": text[::-1]}]
+    assert most_tokens(messages) >= count_messages(messages)
+    latest = {"role": "user", "content": text[:50]}
+    exact = count_messages([*messages, latest])
+    # A budget the bound clears keeps everything without counting; one only
+    # the exact count clears still keeps everything; below it, history goes.
+    for budget in (most_tokens([*messages, latest]), exact, exact - 1):
+        kept = trim_history([], messages, latest, budget)
+        assert (kept == [*messages, latest]) == (budget >= exact)
 
 
 async def test_demo_model_says_what_it_is_and_how_to_configure(

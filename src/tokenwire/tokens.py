@@ -13,7 +13,7 @@ from functools import cache
 
 import tiktoken
 
-__all__ = ["count_messages", "count_text", "encoding", "trim_history"]
+__all__ = ["count_messages", "count_text", "encoding", "most_tokens", "trim_history"]
 
 # OpenAI's accounting: every message costs its content plus a few tokens of
 # framing, and the reply is primed with three more.
@@ -34,6 +34,18 @@ def count_messages(messages: Sequence[dict[str, str]]) -> int:
     return sum(count_text(m["content"]) + _PER_MESSAGE for m in messages) + _REPLY_PRIMER
 
 
+def most_tokens(messages: Sequence[dict[str, str]]) -> int:
+    """An upper bound of `count_messages`, without encoding anything.
+
+    Every cl100k_base token is at least one byte of UTF-8, so a text has at
+    most as many tokens as bytes. Counting costs ~0.1 ms per KiB on every
+    turn (history is re-read each time); where this bound already fits the
+    budget, nothing needs counting, which is every conversation shorter
+    than its budget.
+    """
+    return sum(len(m["content"].encode()) + _PER_MESSAGE for m in messages) + _REPLY_PRIMER
+
+
 def trim_history(
     system: list[dict[str, str]],
     history: Sequence[dict[str, str]],
@@ -46,8 +58,9 @@ def trim_history(
     are always sent, even if they alone exceed the budget (the model then
     answers with its own error, which is clearer than silently losing them).
     """
-    if not history:
-        return [*system, latest]  # nothing to trim: skip counting, it is on the first token's path
+    if not history or most_tokens([*system, *history, latest]) <= budget:
+        # Nothing to trim: skip counting, it is on the first token's path.
+        return [*system, *history, latest]
     used = count_messages([*system, latest])
     kept: list[dict[str, str]] = []
     for message in reversed(history):

@@ -54,7 +54,7 @@ from tokenwire.metrics import Metrics
 from tokenwire.providers import ChatRequest, Provider, Reasoning, StreamEnd, Usage
 from tokenwire.storage import FinishedReply, MessageStatus, Repository, Turn
 from tokenwire.storage.models import Message, new_id, utcnow
-from tokenwire.tokens import count_messages, count_text, trim_history
+from tokenwire.tokens import count_messages, count_text, most_tokens, trim_history
 
 __all__ = ["INTERRUPT_SAVE_S", "CatchUp", "ChatService", "Joined", "StartChat", "Started"]
 
@@ -256,14 +256,19 @@ class ChatService:
         )
         if context is None:
             return max_tokens, budget
-        room = context - count_messages([*self._system, latest])
+        prompt = [*self._system, latest]
+        if asked is None:
+            max_tokens = min(max_tokens, max(context // 2, _MIN_REPLY_TOKENS))
+        # The bound gives the same answer as the count whenever it leaves
+        # the reply all it asked for; only a message near the window is counted.
+        room = context - most_tokens(prompt)
+        if room < max(max_tokens, _MIN_REPLY_TOKENS):
+            room = context - count_messages(prompt)
         if room < _MIN_REPLY_TOKENS:
             raise ValidationFailed(
                 f"The message is too long for this model: it reads at most {context} tokens "
                 "in all. Please shorten it."
             )
-        if asked is None:
-            max_tokens = min(max_tokens, max(context // 2, _MIN_REPLY_TOKENS))
         max_tokens = min(max_tokens, room)
         return max_tokens, min(budget, context - max_tokens)
 
