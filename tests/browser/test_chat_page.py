@@ -6,11 +6,14 @@ import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from playwright.async_api import Locator, Page, expect
+from playwright.async_api import Locator, Page, WebSocket, expect
 
 from tests.browser.conftest import BROWSER, PHONE, PageFactory
 from tests.conftest import Client, Gateway
+from tests.test_fuzz import eventually
+from tokenwire.chat.writer import utf16_len
 from tokenwire.testing import Script
 
 pytestmark = BROWSER
@@ -345,6 +348,53 @@ async def test_a_queued_reply_says_it_waits_for_the_model(
         await other.close()
 
 
+class Frames:
+    """The Socket.IO packets of a page's WebSockets, decoded: (direction, ack id, payload)."""
+
+    def __init__(self, page: Page) -> None:
+        self.packets: list[tuple[str, int | None, Any]] = []
+        page.on("websocket", self._socket)
+
+    def _socket(self, ws: WebSocket) -> None:
+        ws.on("framesent", lambda frame: self._record("sent", frame))
+        ws.on("framereceived", lambda frame: self._record("received", frame))
+
+    def _record(self, direction: str, frame: str | bytes) -> None:
+        text = frame if isinstance(frame, str) else frame.decode()
+        match = re.fullmatch(r"4([23])/ai,(\d*)(.*)", text, re.DOTALL)
+        if match is not None:
+            ack = int(match[2]) if match[2] else None
+            self.packets.append((direction, ack, json.loads(match[3])))
+
+    def events(self, name: str) -> list[Any]:
+        return [p[2][1] for p in self.packets if p[0] == "received" and p[2][0] == name]
+
+    def text(self, message_id: str) -> str:
+        """The reply as the page received it: every chunk must start where the text ends.
+
+        The page drops a chunk that does not (and `chat:end` then replaces
+        its text with the saved one), so the text on screen at the end
+        cannot show a hole; the frames can.
+        """
+        text = ""
+        for chunk in self.events("chat:message"):
+            if chunk["messageId"] == message_id:
+                assert chunk["offset"] == utf16_len(text), (chunk, text)
+                text += chunk["content"]
+        return text
+
+    def answer(self, event: str) -> Any:
+        """The acknowledgement of the last `event` the page sent."""
+        ack = [a for d, a, p in self.packets if d == "sent" and p[0] == event][-1]
+        return next(p[0] for d, a, p in self.packets if d == "received" and a == ack)
+
+
+async def saved_reply(gateway: Gateway, user: str) -> Any:
+    repository = gateway.services.repository
+    conversations, _ = await repository.list_conversations(user, limit=1, offset=0)
+    return (await repository.list_messages(user, conversations[0].id))[-1]
+
+
 async def test_reload_mid_reply_continues_where_it_was_and_ends_with_the_saved_text(
     gateway: Gateway, new_page: PageFactory
 ) -> None:
@@ -354,15 +404,67 @@ async def test_reload_mid_reply_continues_where_it_was_and_ends_with_the_saved_t
     await send(page, "a long one")
     await expect(last_reply(page)).to_contain_text("token5")
 
+    frames = Frames(page)  # the reloaded page's
     await page.reload()  # mid-reply: the tab rejoins its conversation (chat:join)
     await expect(page.locator(".badge")).to_have_text("Connected")
     reply = last_reply(page)
     await expect(reply).to_have_attribute("data-status", "streaming")
     await expect(reply).to_have_attribute("data-status", "complete", timeout=15_000)
-    repository = gateway.services.repository
-    conversations, _ = await repository.list_conversations("gina", limit=1, offset=0)
-    saved = (await repository.list_messages("gina", conversations[0].id))[-1]
+    saved = await saved_reply(gateway, "gina")
     assert saved.status == "complete" and "token79" in saved.content
+    await expect(page.locator(".message.assistant")).to_have_count(1)
+    shown = await reply.locator(".markdown").inner_text()
+    assert " ".join(shown.split()) == " ".join(saved.content.split())
+    # The path it claims: a join that found the reply running, then its text
+    # so far in one chunk at offset 0, then live chunks (not a resume, not a
+    # recovered session: a reloaded page has no pid).
+    joined = frames.answer("chat:join")
+    assert joined["streaming"]["messageId"] == saved.id and joined["streaming"]["offset"] > 0
+    chunks = [c for c in frames.events("chat:message") if c["messageId"] == saved.id]
+    assert chunks[0]["offset"] == 0 and len(chunks[0]["content"]) >= joined["streaming"]["offset"]
+    assert len(chunks) > 1
+    assert frames.text(saved.id) == saved.content
+
+
+async def test_offline_mid_reply_and_back_loses_and_repeats_nothing(
+    gateway: Gateway, new_page: PageFactory
+) -> None:
+    """Playwright's `set_offline` mid-reply, for long enough to miss chunks, then back online.
+
+    Found out first (Chromium 156): offline emulation does close an open
+    WebSocket, within 0.3 s (the server sees the transport close, the
+    page's badge says Reconnecting), and socket.io-client reconnects about
+    a second after the network is back. So this needs no proxy: it checks
+    that the server noticed, that the page got its session back (connection
+    state recovery, the same sid) and that the page held exactly the saved
+    text when the end arrived (from its frames: see `Frames.text`), and
+    shows it once.
+    """
+    gateway.upstream.enqueue(Script(count=150, delay_s=0.02))
+    page = await new_page()
+    frames = Frames(page)
+    await sign_in_by_name(page, "olga")
+    await send(page, "a long one")
+    await expect(last_reply(page)).to_contain_text("token5")
+    store = gateway.app.sio.recovery
+    (session,) = store._by_pid.values()
+    request = gateway.upstream.requests[-1]
+
+    await page.context.set_offline(True)
+    await eventually(lambda: session.away, what="the server to see the connection drop")
+    await expect(page.locator(".badge")).to_have_text("Reconnecting…")
+    missed_from = len(request.sent)
+    await eventually(lambda: len(request.sent) >= missed_from + 20, what="chunks to be missed")
+    await page.context.set_offline(False)
+
+    await expect(page.locator(".badge")).to_have_text("Connected", timeout=15_000)
+    reply = last_reply(page)
+    await expect(reply).to_have_attribute("data-status", "complete", timeout=15_000)
+    assert not session.away and list(store._by_pid.values()) == [session]  # recovered
+    saved = await saved_reply(gateway, "olga")
+    assert saved.status == "complete" and "token149" in saved.content
+    assert frames.text(saved.id) == saved.content  # before chat:end: no hole, nothing twice
+    assert len(frames.events("chat:end")) == 1
     await expect(page.locator(".message.assistant")).to_have_count(1)
     shown = await reply.locator(".markdown").inner_text()
     assert " ".join(shown.split()) == " ".join(saved.content.split())
