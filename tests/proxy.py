@@ -4,6 +4,11 @@
 network that drops does to a client and a server: neither side is told
 anything until its next read or write fails. New connections keep working,
 so a client that reconnects goes through again.
+
+`lose_response(marker)` loses, once, the next bytes from the server that
+contain `marker`, and aborts their connection: the server has written a
+response the client never gets, and the client sees its connection close
+before any response.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ class CuttingProxy:
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
+        self._lose: bytes | None = None
+        self.lost = asyncio.Event()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -40,6 +47,10 @@ class CuttingProxy:
         self._pairs.clear()
         self.cuts += 1
         return len(pairs)
+
+    def lose_response(self, marker: bytes) -> None:
+        self._lose = marker
+        self.lost.clear()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -63,7 +74,7 @@ class CuttingProxy:
         self._pairs.add(pair)
         pumps = [
             asyncio.ensure_future(self._pump(reader, up_writer)),
-            asyncio.ensure_future(self._pump(up_reader, writer)),
+            asyncio.ensure_future(self._pump(up_reader, writer, losing=True)),
         ]
         self._tasks.update(pumps)
         try:
@@ -76,10 +87,15 @@ class CuttingProxy:
             for side in pair:
                 side.transport.abort()
 
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, losing: bool = False
+    ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
+                if losing and self._lose is not None and self._lose in data:
+                    self._lose = None
+                    self.lost.set()
+                    return  # the connection is aborted, the data never sent
                 writer.write(data)
                 await writer.drain()
 
