@@ -16,6 +16,7 @@ sockets and uvicorn's own WebSocket protocol; the tests listed in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -211,6 +212,7 @@ class Client:
         self.events: list[tuple[str, Any]] = []
         self._changed = asyncio.Condition()
         self.connect_error: Any = None
+        self._refused = asyncio.Event()
         self._cursor = 0
         for name in self.EVENTS:
             self.sio.on(name, self._recorder(name), namespace="/ai")
@@ -226,19 +228,39 @@ class Client:
 
     async def _on_connect_error(self, data: Any = None) -> None:
         self.connect_error = data
+        self._refused.set()
 
     async def connect(
         self, url: str, token: str | None = None, *, transports: list[str] | None = None, **kw: Any
     ) -> None:
         auth = {"token": token} if token is not None else None
-        await self.sio.connect(
-            url,
-            namespaces=["/ai"],
-            auth=auth,
-            transports=transports or ["websocket"],
-            wait_timeout=5,
-            **kw,
+        connecting = asyncio.ensure_future(
+            self.sio.connect(
+                url,
+                namespaces=["/ai"],
+                auth=auth,
+                transports=transports or ["websocket"],
+                wait_timeout=5,
+                **kw,
+            )
         )
+        # python-socketio before 5.13 waits out wait_timeout after a refusal
+        # (5 s per refused connection in `./dev check-lowest`); newer ones
+        # return at once. A refusal ends the wait here on either.
+        refused = asyncio.ensure_future(self._refused.wait())
+        await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+        refused.cancel()
+        if not connecting.done():
+            # Until it ends: on Python 3.11 a cancel that lands as the wait's
+            # event is set is lost (asyncio.wait_for), and 5.12 waits again.
+            while not connecting.done():
+                connecting.cancel()
+                await asyncio.wait({connecting}, timeout=0.05)
+            with contextlib.suppress(asyncio.CancelledError, socketio.exceptions.ConnectionError):
+                connecting.result()
+            await self.sio.disconnect()
+            raise socketio.exceptions.ConnectionError("One or more namespaces failed to connect")
+        connecting.result()
 
     async def emit(self, event: str, data: Any = None) -> None:
         if data is None:
