@@ -258,12 +258,7 @@ async def test_a_disconnect_then_close_back_to_back_ends_the_session_at_once(
     assert gateway.app.namespace.principals == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a long-poll response lost to a cut, then the GET retried by the "
-    "HTTP client (same URL, same t=), loses its packets silently; see the docstring",
-)
-async def test_a_long_poll_response_lost_before_the_client_got_it_is_sent_again(
+async def test_a_long_poll_sent_again_is_answered_again(
     gateway: Gateway,
 ) -> None:
     """The client's HTTP library sends a long-poll GET again when its reused
@@ -274,8 +269,8 @@ async def test_a_long_poll_response_lost_before_the_client_got_it_is_sent_again(
     missing mid-reply and the chunks after it do not fit (found by
     tests/test_soak_follow.py). The retried GET carries the same URL, `t=`
     included (python-engineio and engine.io-client make `t` unique per
-    request), so the server can tell a retry and answer it with the lost
-    packets again.
+    request), so the lean engine tells a retry and answers it with the lost
+    packets again (`LeanSocket.handle_get_request`).
     """
     gateway.upstream.enqueue(Script(count=60, delay_s=0.02))
     port = int(gateway.url.rsplit(":", 1)[1])
@@ -289,6 +284,36 @@ async def test_a_long_poll_response_lost_before_the_client_got_it_is_sent_again(
             await asyncio.wait_for(proxy.lost.wait(), 5)
             end = (await client.wait_for("chat:end", timeout=15))[1]
             assert client.sio.connected  # the client never noticed
+            text = ""
+            for chunk in client.named("chat:message"):
+                assert chunk["messageId"] == ack["messageId"]
+                assert chunk["offset"] == utf16_len(text), (chunk, text)
+                text += chunk["content"]
+            assert text == end["content"]
+        finally:
+            await client.close()
+
+
+async def test_a_long_poll_cut_while_it_waits_leaves_its_packets_to_the_retry(
+    gateway: Gateway,
+) -> None:
+    """The other half of the retried long-poll: the cut comes while the poll
+    waits for packets, so the client's HTTP library sends it again at once,
+    while the server still holds the first. The first would take the next
+    packets and write them to the closed connection; it ends with a NOOP
+    instead, and the retry gets them."""
+    gateway.upstream.enqueue(Script(count=12, delay_s=0.25))
+    port = int(gateway.url.rsplit(":", 1)[1])
+    async with cutting_proxy(port) as proxy:
+        client = Client()
+        try:
+            await client.connect(proxy.url, gateway.token("alice"), transports=["polling"])
+            ack = await client.call("chat:start", {"message": "hi"})
+            for _ in range(3):
+                await client.wait_for("chat:message")
+                await asyncio.sleep(0.1)  # the next long-poll waits for the next token
+                assert proxy.cut() >= 1
+            end = (await client.wait_for("chat:end", timeout=20))[1]
             text = ""
             for chunk in client.named("chat:message"):
                 assert chunk["messageId"] == ack["messageId"]

@@ -39,6 +39,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Generic, TypeVar
+from urllib.parse import parse_qs
 
 import engineio
 from engineio import exceptions, packet
@@ -54,6 +55,11 @@ T = TypeVar("T")
 
 # A timer may fire up to half a millisecond early (uvloop keeps time in ms).
 _EARLY = 0.001
+
+# Put in a socket's queue to end a long-poll that waits there with a NOOP
+# (`LeanSocket.handle_get_request`): its request has been given up.
+_SUPERSEDED = object()
+_NOOP = packet.Packet(packet.NOOP)
 
 # How long a WebSocket writer waits for the next packet before it exits (see
 # `LeanSocket._write`): longer than the gaps within a streaming reply, much
@@ -107,6 +113,16 @@ class LeanQueue(Generic[T]):
 
     async def put(self, item: T) -> None:
         self.put_nowait(item)
+
+    def put_back(self, items: list[T]) -> None:
+        """Items taken with `get_nowait` (and marked done), returned to the front in order."""
+        if not items:
+            return
+        if self._items is None:
+            self._items = collections.deque()
+        self._items.extendleft(reversed(items))
+        self._unfinished += len(items)
+        self._wake_getter()
 
     def get_nowait(self) -> T:
         items = self._items
@@ -399,6 +415,10 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
     _writing = False  # the writer holds packets it took from the queue and has not sent yet
     _quiet_at: float | None = None  # when an idle WebSocket is closed, as engine.io's writer did
     _sent_at = -math.inf  # loop time of the last packet `send` wrote itself (see `send`)
+    _polls = 0  # long-polls waiting for packets now
+    _answered_t: str | None = None  # the `t` of the last long-poll answered with packets
+    _answered: list[Any] | None = None  # and those packets, in case it comes again
+    _poll_ended: asyncio.Future[None] | None = None  # a superseded poll resolves it as it ends
 
     # --- the clock
 
@@ -515,9 +535,52 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
 
     # --- long-poll and WebSocket writer (engine.io's poll, timed by the clock)
 
+    async def handle_get_request(self, environ: MutableMapping[str, Any]) -> Any:
+        """engine.io's, plus: a long-poll sent again is answered again.
+
+        An HTTP client sends an idempotent request again when its reused
+        connection closes before any response (RFC 9112 9.3.1.1: aiohttp,
+        so python-engineio's client, and browsers do). For a long-poll that
+        means its response was lost, and engine.io counted its packets
+        delivered once written: they were gone, the session went on, and
+        nothing told the client to recover (tests/test_soak_follow.py found
+        a chunk missing mid-reply). The retry has the same URL, `t` included,
+        which engine.io-client and python-engineio make unique per request:
+
+        - the poll was answered already: the same packets go again;
+        - it still waits (the cut came first): it ends with a NOOP to the
+          closed connection, and this one takes its place, so no packet is
+          written where nobody reads.
+
+        Without `t` (`timestampRequests: false`) nothing changes.
+        docs/upstream-bugs.md #7 has stock python-engineio's behaviour.
+        """
+        if environ.get("HTTP_UPGRADE"):
+            self._answered_t = self._answered = None  # polling is over
+            return await super().handle_get_request(environ)
+        t = parse_qs(environ.get("QUERY_STRING", "")).get("t", [None])[0]
+        if t is not None and t == self._answered_t and self._answered is not None:
+            self.server.logger.info("%s: long-poll %s came again; answered again", self.sid, t)
+            return self._answered
+        if self._polls:
+            ended = self._poll_ended = asyncio.get_running_loop().create_future()
+            self.queue.put_nowait(_SUPERSEDED)  # wakes the waiting poll, which ends
+            await ended
+        packets = await super().handle_get_request(environ)
+        if t is not None and isinstance(packets, list) and packets and packets[0] is not _NOOP:
+            self._answered_t, self._answered = t, packets
+        return packets
+
     async def poll(self) -> list[Any]:
-        """Wait for packets to send to the client."""
-        return await self._take(self._idle_limit())
+        """Wait for packets to send to the client (a NOOP if another poll took its place)."""
+        self._polls += 1
+        try:
+            return await self._take(self._idle_limit())
+        finally:
+            self._polls -= 1
+            ended, self._poll_ended = self._poll_ended, None
+            if ended is not None and not ended.done():
+                ended.set_result(None)
 
     async def _take(self, limit: float) -> list[Any]:
         """engine.io's poll, waiting at most `limit` seconds (QueueEmpty after that)."""
@@ -533,10 +596,17 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
             raise exceptions.QueueEmpty() from None
         if packets == [None]:
             return []
+        if packets[0] is _SUPERSEDED:
+            return [_NOOP]
         while True:
             try:
                 pkt = self.queue.get_nowait()
                 self.queue.task_done()
+                if pkt is _SUPERSEDED:
+                    # Woken for packets, then given up before it ran: they
+                    # are the next poll's, in their order.
+                    self.queue.put_back(packets)
+                    return [_NOOP]
                 if pkt is None:
                     self.queue.put_nowait(None)
                     break
