@@ -284,12 +284,7 @@ async def test_a_long_poll_sent_again_is_answered_again(
             await asyncio.wait_for(proxy.lost.wait(), 5)
             end = (await client.wait_for("chat:end", timeout=15))[1]
             assert client.sio.connected  # the client never noticed
-            text = ""
-            for chunk in client.named("chat:message"):
-                assert chunk["messageId"] == ack["messageId"]
-                assert chunk["offset"] == utf16_len(text), (chunk, text)
-                text += chunk["content"]
-            assert text == end["content"]
+            _assert_whole(client, ack["messageId"], end["content"])
         finally:
             await client.close()
 
@@ -314,11 +309,16 @@ async def test_a_long_poll_cut_while_it_waits_leaves_its_packets_to_the_retry(
                 await asyncio.sleep(0.1)  # the next long-poll waits for the next token
                 assert proxy.cut() >= 1
             end = (await client.wait_for("chat:end", timeout=20))[1]
-            text = ""
-            for chunk in client.named("chat:message"):
-                assert chunk["messageId"] == ack["messageId"]
-                assert chunk["offset"] == utf16_len(text), (chunk, text)
-                text += chunk["content"]
-            assert text == end["content"]
+            _assert_whole(client, ack["messageId"], end["content"])
         finally:
             await client.close()
+
+
+def _assert_whole(client: Client, message_id: str, saved: str) -> None:
+    """The client's chunks of the reply, each at its offset, make exactly the saved text."""
+    text = ""
+    for chunk in client.named("chat:message"):
+        assert chunk["messageId"] == message_id
+        assert chunk["offset"] == utf16_len(text), (chunk, text)
+        text += chunk["content"]
+    assert text == saved

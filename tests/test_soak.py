@@ -378,6 +378,15 @@ async def settle_tasks(target: int, timeout: float) -> int:
     return len(asyncio.all_tasks())
 
 
+async def assert_tasks_back(before: int, names_before: list[str]) -> None:
+    """Asyncio tasks fall back to `before` within 15 s, or the new ones are named."""
+    after = await settle_tasks(before, timeout=15)
+    assert after <= before, (
+        f"{after} tasks, {before} before",
+        sorted(set(task_names()) - set(names_before)),
+    )
+
+
 @asynccontextmanager
 async def soak_gateway(gateway_factory: GatewayFactory) -> AsyncIterator[Gateway]:
     # Pings every 2 s, so a closed socket's ping timer (a sleeping task) is gone
@@ -437,11 +446,7 @@ async def test_forty_users_chatting_for_a_minute_lose_nothing_and_leave_nothing_
                     break
                 await asyncio.sleep(0.05)
         assert upstream.active == 0
-        tasks_after = await settle_tasks(tasks_before, timeout=15)
-        assert tasks_after <= tasks_before, (
-            f"{tasks_after} tasks, {tasks_before} before",
-            sorted(set(task_names()) - set(names_before)),
-        )
+        await assert_tasks_back(tasks_before, names_before)
         soak.outcomes.clear()
         soak.participants.clear()
         gc.collect()

@@ -47,7 +47,7 @@ import socketio
 from tests.conftest import Gateway, GatewayFactory, close_client
 from tests.proxy import CuttingProxy, cutting_proxy
 from tests.test_fuzz import eventually
-from tests.test_soak import PlannedUpstream, saved, settle_tasks, task_names
+from tests.test_soak import PlannedUpstream, assert_tasks_back, saved, settle_tasks, task_names
 from tests.test_soak import upstream as upstream  # the planned upstream, as a fixture
 from tokenwire.chat.log import MemoryReplyLog
 from tokenwire.chat.writer import ChunkWriter, utf16_len
@@ -599,11 +599,7 @@ async def test_users_behind_a_failing_network_hold_exactly_the_saved_text(
             what="recovery sessions and rooms to be released",
         )
         assert upstream.active == 0
-        tasks_after = await settle_tasks(tasks_before, timeout=15)
-        assert tasks_after <= tasks_before, (
-            f"{tasks_after} tasks, {tasks_before} before",
-            sorted(set(task_names()) - set(names_before)),
-        )
+        await assert_tasks_back(tasks_before, names_before)
         soak.outcomes.clear()
         soak.subs.clear()
         del users, proxies

@@ -349,25 +349,52 @@ async def test_a_queued_reply_says_it_waits_for_the_model(
 
 
 class Frames:
-    """The Socket.IO packets of a page's WebSockets, decoded: (direction, ack id, payload)."""
+    """The Socket.IO packets of a page's WebSockets, decoded: (direction, ack id, payload, connection)."""
 
     def __init__(self, page: Page) -> None:
-        self.packets: list[tuple[str, int | None, Any]] = []
+        self.packets: list[tuple[str, int | None, Any, int]] = []
+        # Per connection: the recovery offset its CONNECT asked for, if any.
+        self.resumed_from: dict[int, int] = {}
+        self._connections = 0
         page.on("websocket", self._socket)
 
     def _socket(self, ws: WebSocket) -> None:
-        ws.on("framesent", lambda frame: self._record("sent", frame))
-        ws.on("framereceived", lambda frame: self._record("received", frame))
+        n = self._connections
+        self._connections += 1
+        ws.on("framesent", lambda frame: self._record("sent", frame, n))
+        ws.on("framereceived", lambda frame: self._record("received", frame, n))
 
-    def _record(self, direction: str, frame: str | bytes) -> None:
+    def _record(self, direction: str, frame: str | bytes, n: int) -> None:
         text = frame if isinstance(frame, str) else frame.decode()
+        if direction == "sent" and text.startswith("40/ai,{"):
+            offset = json.loads(text[6:]).get("offset")
+            if isinstance(offset, str) and offset.isdigit():
+                self.resumed_from[n] = int(offset)
         match = re.fullmatch(r"4([23])/ai,(\d*)(.*)", text, re.DOTALL)
         if match is not None:
             ack = int(match[2]) if match[2] else None
-            self.packets.append((direction, ack, json.loads(match[3])))
+            self.packets.append((direction, ack, json.loads(match[3]), n))
 
     def events(self, name: str) -> list[Any]:
-        return [p[2][1] for p in self.packets if p[0] == "received" and p[2][0] == name]
+        """The `name` events the page's socket.io-client handled, in order.
+
+        A frame can reach the browser's network stack (and so Playwright) as
+        the connection closes under it, and never reach the page: the next
+        connection's CONNECT then asks to recover from the last offset the
+        client handled, and the frames after it are replayed there. Those
+        frames of the closed connection are left out here; whatever else
+        arrived twice counts twice.
+        """
+        handled = []
+        for direction, _, payload, n in self.packets:
+            if direction != "received" or payload[0] != name:
+                continue
+            resumed = self.resumed_from.get(n + 1)
+            offset = payload[-1] if len(payload) > 2 else None
+            if resumed is not None and isinstance(offset, str) and int(offset) > resumed:
+                continue  # replayed on the next connection: the page never had it here
+            handled.append(payload[1])
+        return handled
 
     def text(self, message_id: str) -> str:
         """The reply as the page received it: every chunk must start where the text ends.
@@ -385,8 +412,8 @@ class Frames:
 
     def answer(self, event: str) -> Any:
         """The acknowledgement of the last `event` the page sent."""
-        ack = [a for d, a, p in self.packets if d == "sent" and p[0] == event][-1]
-        return next(p[0] for d, a, p in self.packets if d == "received" and a == ack)
+        ack = [a for d, a, p, _ in self.packets if d == "sent" and p[0] == event][-1]
+        return next(p[0] for d, a, p, _ in self.packets if d == "received" and a == ack)
 
 
 async def saved_reply(gateway: Gateway, user: str) -> Any:
