@@ -130,6 +130,45 @@ async def test_chat_resumes_after_a_dropped_connection(gateway: Gateway) -> None
     assert (first + rest).decode() == saved.content
 
 
+async def test_chat_into_a_closed_pipe_exits_quietly_and_the_reply_is_saved(
+    gateway: Gateway,
+) -> None:
+    """`tokenwire chat ... | head -c 20`: once the reader has gone, no traceback per chunk."""
+    gateway.upstream.enqueue(Script(count=100, delay_s=0.01))
+    read, write = os.pipe()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tokenwire",
+        "chat",
+        "long please",
+        "--url",
+        gateway.url,
+        "--token",
+        gateway.token("alice"),
+        env={**os.environ, "JWT_SECRET": SECRET},
+        stdout=write,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    os.close(write)
+    # What `head` takes before it exits (read in a thread: the gateway runs on this loop).
+    assert await asyncio.wait_for(asyncio.to_thread(os.read, read, 20), 30)
+    os.close(read)
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 128 + signal.SIGPIPE, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+    conversations, _ = await gateway.services.repository.list_conversations(
+        "alice", limit=1, offset=0
+    )
+    saved = None
+    for _ in range(100):
+        saved = (await gateway.services.repository.list_messages("alice", conversations[0].id))[-1]
+        if saved.status != "streaming":
+            break
+        await asyncio.sleep(0.1)
+    assert saved is not None and saved.status == "complete" and "token99" in saved.content
+
+
 async def test_chat_reports_an_unreachable_server() -> None:
     code, _, err = await _run("chat", "hi", "--url", "http://127.0.0.1:9", "--token", "x")
     assert code == 1 and "could not connect" in err

@@ -128,8 +128,14 @@ async def _chat_session(url: str, token: str, args: argparse.Namespace) -> int:
         if data.get("offset") != reply["held"]:
             return  # not where the text on screen ends: never print twice
         reply["held"] += len(content.encode("utf-16-le", "surrogatepass")) // 2
-        sys.stdout.write(content)
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(content)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # Whoever read our output has gone (`| head`): stop reading, as
+            # a program killed by SIGPIPE would. The reply is saved whole.
+            outcome["kind"] = "pipe"
+            done.set()
 
     async def _connected() -> None:
         if reply["connected"] and reply["messageId"] and not done.is_set():
@@ -214,6 +220,11 @@ async def _chat_session(url: str, token: str, args: argparse.Namespace) -> int:
     await client.disconnect()
     kind = outcome.get("kind")
     conversation = outcome.get("conversationId")
+    if kind == "pipe":
+        # Nothing more may reach the closed pipe, not even the interpreter's
+        # flush of stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     if kind == "end":
         print(
             f"\n\n[{outcome.get('finishReason')} · {outcome.get('totalTokens')} tokens · conversation {conversation}]",
