@@ -55,7 +55,7 @@ class Beat:
     reaches the client later than it would have.
     """
 
-    __slots__ = ("_handle", "_held", "_released", "_released_at", "_waiters", "interval")
+    __slots__ = ("_handle", "_held", "_loop", "_released", "_released_at", "_waiters", "interval")
 
     def __init__(self, interval: float) -> None:
         if interval <= 0:
@@ -66,9 +66,14 @@ class Beat:
         self._held: list[asyncio.ReadTransport] = []
         self._released = True  # the held transports of the coming beat have resumed
         self._released_at = -math.inf
+        # The loop it was first waited on: `asyncio.get_running_loop()` costs
+        # a getpid() system call (CPython 3.11), once per read of every reply.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def wait(self, hold: asyncio.ReadTransport | None = None) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
         if self._handle is None:

@@ -63,6 +63,10 @@ class Sink:
     backlog: Callable[[], int] | None = None
     disconnect: Callable[[], Awaitable[None]] | None = None
     max_backlog: int = 256
+    # `emit` without a coroutine, for a transport that can take an event so:
+    # True once it is sent or queued, False to have `emit` send it instead.
+    # One frame per token costs a coroutine per layer otherwise.
+    emit_now: Callable[[Event], bool] | None = None
 
 
 def utf16_len(text: str) -> int:
@@ -74,6 +78,7 @@ class ChunkWriter:
         "_backlog",
         "_conversation_id",
         "_disconnect",
+        "_emit_now",
         "_final",
         "_max_backlog",
         "_flush_s",
@@ -102,6 +107,7 @@ class ChunkWriter:
         thought: int = 0,
     ) -> None:
         self.emit = sink.emit if sink is not None else None
+        self._emit_now = sink.emit_now if sink is not None else None
         self._backlog = sink.backlog if sink is not None else None
         self._disconnect = sink.disconnect if sink is not None else None
         self._max_backlog = sink.max_backlog if sink is not None else 0
@@ -278,7 +284,8 @@ class ChunkWriter:
         if emit is None:
             return
         try:
-            await emit(event)
+            if self._emit_now is None or not self._emit_now(event):
+                await emit(event)
         except Exception:
             # The socket went away between our check and the send; the reply
             # carries on and is saved, only this client stops receiving it.

@@ -478,6 +478,26 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             packet = engineio.packet.Packet(message, event_packet(NAMESPACE, event, payload))
             await socket.send(packet)
 
+        lean = isinstance(eio, GatewayEngine)
+        encode = protocol.encode
+
+        def emit_now(event: Event) -> bool:
+            """`emit` without awaiting, when the socket can take it so (False: use `emit`)."""
+            current = session.eio_sid if session is not None else eio_sid
+            socket = eio.sockets.get(current) if current is not None else None
+            if socket is not None and not socket.can_send_now():
+                return False  # closed, or its client is gone: `send` handles that
+            if session is not None and recovery is not None:
+                offset = next_offset()
+                text = event_packet(NAMESPACE, *encode(event), offset)
+                recovery.record(session, offset, text)
+                if socket is not None and recovery.for_sid(sid) is session:
+                    socket.send_text_now(text)
+                return True
+            if socket is not None and manager.is_connected(sid, NAMESPACE):
+                socket.send_text_now(event_packet(NAMESPACE, *encode(event)))
+            return True
+
         def _socket() -> Any:
             current = session.eio_sid if session is not None else eio_sid
             return eio.sockets.get(current) if current is not None else None
@@ -496,7 +516,13 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             await socket.close(wait=False, abort=True, reason=server.eio.reason.SERVER_DISCONNECT)
             socket.queue.put_nowait(None)  # wakes a websocket writer so it exits
 
-        return Sink(_encoding(emit), backlog, disconnect, self.settings.max_socket_backlog)
+        return Sink(
+            _encoding(emit),
+            backlog,
+            disconnect,
+            self.settings.max_socket_backlog,
+            emit_now=emit_now if lean else None,
+        )
 
     def _runtime(self) -> Runtime:
         if self.runtime is None:

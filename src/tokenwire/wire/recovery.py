@@ -39,6 +39,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -169,7 +170,10 @@ class MemorySessionStore:
         return self._by_sid.get(sid)
 
     def record(self, session: Session, offset: int, text: str) -> None:
-        now = asyncio.get_running_loop().time()
+        # The process clock, not the loop's: `asyncio.get_running_loop()`
+        # costs a getpid() system call per packet (CPython 3.11 checks for a
+        # fork), and these times are only compared with each other.
+        now = time.monotonic()
         packets = session.packets
         if packets is None:
             packets = session.packets = deque()
