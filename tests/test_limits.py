@@ -142,3 +142,29 @@ async def test_client_that_stops_reading_is_cut_off_and_its_reply_is_saved(
             await asyncio.sleep(0.05)
         assert messages[-1].status == "complete"
         assert messages[-1].content == "".join(f"token{i} " for i in range(400))
+
+
+async def test_memory_counters_sweep_expired_keys_at_most_once_a_second() -> None:
+    # limits' MemoryStorage walks every key it holds after every hit; at
+    # 1,000 users that was ~200 µs per chat:start. The sweep now runs at most
+    # once a second, and counting is unchanged.
+    from limits import parse
+    from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+    from tokenwire.chat.limits import SweepingMemoryStorage
+
+    storage = SweepingMemoryStorage()
+    limiter = SlidingWindowCounterRateLimiter(storage)
+    item = parse("3/minute")
+    sweeps = []
+    for user in range(200):
+        assert await limiter.hit(item, "chat", f"u{user}")
+        await asyncio.sleep(0)  # as between two chat:starts: a started sweep runs and ends
+        if storage.timer is not None and (not sweeps or sweeps[-1] is not storage.timer):
+            sweeps.append(storage.timer)
+    assert len(sweeps) == 1
+    assert [await limiter.hit(item, "chat", "u0") for _ in range(3)] == [True, True, False]
+    storage._swept_at -= 1.0  # a second later
+    await asyncio.sleep(0)  # the first sweep has run by now
+    assert await limiter.hit(item, "chat", "u1")
+    assert storage.timer is not sweeps[0]

@@ -1,4 +1,4 @@
-"""The private parts of python-engineio, python-socketio and uvicorn that tokenwire extends.
+"""The private parts of python-engineio, python-socketio, uvicorn, websockets and limits that tokenwire extends.
 
 `wire.engine`, `wire.gateway` and `server` subclass those libraries and
 override methods that are not their public API, so a release may rename a
@@ -46,6 +46,7 @@ RANGES = {
     "python-socketio": ">=5.12,<5.19",
     "uvicorn": ">=0.52.1,<0.55",
     "websockets": ">=15,<18",
+    "limits": ">=4.2,<5.9",
 }
 
 
@@ -180,10 +181,22 @@ _PARTS: dict[str, tuple[_Method | _Attribute, ...]] = {
             )
         ),
     ),
+    # chat.limits.SweepingMemoryStorage overrides the in-memory storage's expiry scheduling.
+    "limits": (
+        _Method(
+            "limits.aio.storage.memory:MemoryStorage", "_MemoryStorage__schedule_expiry", "self"
+        ),
+    ),
     # server.LeanWebSocketProtocol.send_text_nowait writes through uvicorn's connection object.
     "websockets": (
         _Method(_WS_PROTOCOL, "send_text", "self, data, fin="),
         _Method(_WS_PROTOCOL, "data_to_send", "self"),
+        # ...or frames a text message itself when none of these is in the way.
+        *(
+            _Attribute(_WS_PROTOCOL, name)
+            for name in ("state", "extensions", "writes", "expect_continuation_frame")
+        ),
+        _Attribute("websockets.protocol:State", "OPEN"),
         _Attribute("websockets.exceptions:InvalidState", "__init__"),
         _Attribute("websockets.http11:Request", "headers"),
     ),

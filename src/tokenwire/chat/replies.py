@@ -98,6 +98,9 @@ class ReplyRegistry:
         self._by_id: dict[str, Reply] = {}
         self._by_sid: dict[str, Reply] = {}
         self._per_user: Counter[str] = Counter()
+        # A conversation's running replies (joins, stops and deletes look them
+        # up by conversation; walking every reply cost O(replies) per join).
+        self._by_conversation: dict[str, list[Reply]] = {}
         # Which replies each follower key (a socket) follows, so a disconnect
         # unfollows them without walking every reply.
         self._following: dict[str, set[Reply]] = {}
@@ -107,6 +110,7 @@ class ReplyRegistry:
         if reply.sid is not None:
             self._by_sid[reply.sid] = reply
         self._per_user[reply.user_id] += 1
+        self._by_conversation.setdefault(reply.conversation_id, []).append(reply)
 
     def remove(self, reply: Reply) -> None:
         if self._by_id.pop(reply.message_id, None) is None:
@@ -116,6 +120,11 @@ class ReplyRegistry:
         self._per_user[reply.user_id] -= 1
         if self._per_user[reply.user_id] <= 0:
             del self._per_user[reply.user_id]
+        running = self._by_conversation.get(reply.conversation_id)
+        if running is not None:
+            running.remove(reply)
+            if not running:
+                del self._by_conversation[reply.conversation_id]
         for key in reply.log.followers():
             self._unindex(key, reply)
         reply.log.close()
@@ -156,7 +165,7 @@ class ReplyRegistry:
         return self._per_user.get(user_id, 0)
 
     def in_conversation(self, conversation_id: str) -> list[Reply]:
-        return [r for r in self._by_id.values() if r.conversation_id == conversation_id]
+        return list(self._by_conversation.get(conversation_id, ()))
 
     def __iter__(self) -> Iterator[Reply]:
         return iter(list(self._by_id.values()))
