@@ -519,17 +519,8 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         """
         if not await self.check_ping_timeout():
             return
-        ws = self._ws
-        if (
-            ws is not None
-            and ws.send_nowait is not None
-            and not self._writing
-            and not self.upgrading
-            and self.queue.empty()
-            and not pkt.binary  # a text frame only; the writer sends the others
-            and ws.send_nowait(pkt.encode())
-        ):
-            self._sent_at = asyncio.get_running_loop().time()
+        # A text frame only; the writer sends the others.
+        if not pkt.binary and self._write_now(pkt.encode()):
             return
         await self.queue.put(pkt)
 
@@ -553,6 +544,16 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
         (`AiNamespace._sink`): per frame it saves the Packet object and four
         coroutines (bench B2 at STREAM_FLUSH_MS=0, a frame per token).
         """
+        if not self._write_now("4" + text):  # engine.io's MESSAGE packet, encoded
+            self.queue.put_nowait(packet.Packet(packet.MESSAGE, text))
+
+    def _write_now(self, encoded: str) -> bool:
+        """Write an encoded text packet to the open WebSocket now, if nothing must go first.
+
+        Nothing queued, nothing the writer took and has not sent, no upgrade
+        under way, and the WebSocket can take it without waiting
+        (`AsgiWebSocket.send_nowait`). False: it was not written.
+        """
         ws = self._ws
         if (
             ws is not None
@@ -560,11 +561,11 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
             and not self._writing
             and not self.upgrading
             and self.queue.empty()
-            and ws.send_nowait("4" + text)  # engine.io's MESSAGE packet, encoded
+            and ws.send_nowait(encoded)
         ):
             self._sent_at = self.server.loop_time()
-            return
-        self.queue.put_nowait(packet.Packet(packet.MESSAGE, text))
+            return True
+        return False
 
     # --- long-poll and WebSocket writer (engine.io's poll, timed by the clock)
 
