@@ -458,49 +458,45 @@ class AiNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         recovery = server.recovery
         session = recovery.for_sid(sid) if recovery is not None else None
 
-        async def emit(event: str, payload: dict[str, Any]) -> None:
+        def _socket() -> Any:
+            current = session.eio_sid if session is not None else eio_sid
+            return eio.sockets.get(current) if current is not None else None
+
+        def routed(event: str, payload: dict[str, Any]) -> tuple[Any, str] | None:
+            """The event's packet and the socket to send it on; None if nobody gets it now.
+
+            Recoverable: every event is kept with its offset, and is only kept
+            while the connection is gone (the replay sends it).
+            """
             if session is not None and recovery is not None:
-                # Recoverable: every event is kept with its offset, and is only
-                # kept while the connection is gone (the replay sends it).
                 offset = next_offset()
                 text = event_packet(NAMESPACE, event, payload, offset)
                 recovery.record(session, offset, text)
-                current = session.eio_sid
-                if current is None or recovery.for_sid(sid) is not session:
-                    return
-                socket = eio.sockets.get(current)
-                if socket is not None:
-                    await socket.send(engineio.packet.Packet(message, text))
-                return
-            socket = eio.sockets.get(eio_sid)
-            if socket is None or not manager.is_connected(sid, NAMESPACE):
-                return  # gone; `on_disconnect` detaches the reply
-            packet = engineio.packet.Packet(message, event_packet(NAMESPACE, event, payload))
-            await socket.send(packet)
+                if recovery.for_sid(sid) is not session:
+                    return None
+                socket = _socket()
+            else:
+                socket = _socket()
+                if socket is None or not manager.is_connected(sid, NAMESPACE):
+                    return None  # gone; `on_disconnect` detaches the reply
+                text = event_packet(NAMESPACE, event, payload)
+            return None if socket is None else (socket, text)
+
+        async def emit(event: str, payload: dict[str, Any]) -> None:
+            if (to := routed(event, payload)) is not None:
+                await to[0].send(engineio.packet.Packet(message, to[1]))
 
         lean = isinstance(eio, GatewayEngine)
         encode = protocol.encode
 
         def emit_now(event: Event) -> bool:
             """`emit` without awaiting, when the socket can take it so (False: use `emit`)."""
-            current = session.eio_sid if session is not None else eio_sid
-            socket = eio.sockets.get(current) if current is not None else None
+            socket = _socket()
             if socket is not None and not socket.can_send_now():
                 return False  # closed, or its client is gone: `send` handles that
-            if session is not None and recovery is not None:
-                offset = next_offset()
-                text = event_packet(NAMESPACE, *encode(event), offset)
-                recovery.record(session, offset, text)
-                if socket is not None and recovery.for_sid(sid) is session:
-                    socket.send_text_now(text)
-                return True
-            if socket is not None and manager.is_connected(sid, NAMESPACE):
-                socket.send_text_now(event_packet(NAMESPACE, *encode(event)))
+            if (to := routed(*encode(event))) is not None:
+                to[0].send_text_now(to[1])
             return True
-
-        def _socket() -> Any:
-            current = session.eio_sid if session is not None else eio_sid
-            return eio.sockets.get(current) if current is not None else None
 
         def backlog() -> int:
             socket = _socket()
