@@ -18,19 +18,36 @@ from tokenwire.config import load_settings
 from tokenwire.testing import Script
 
 
-async def _run(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
+async def _start(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    stdout: int = asyncio.subprocess.PIPE,
+) -> asyncio.subprocess.Process:
+    """`python -m tokenwire *args`, with the test's JWT secret, stderr piped."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "tokenwire",
         *args,
         env={**os.environ, "JWT_SECRET": SECRET, **(env or {})},
         cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
+        stdout=stdout,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def _chat(
+    url: str, token: str, *, stdout: int = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """`tokenwire chat "long please"` against `url`, as a running process."""
+    return await _start("chat", "long please", "--url", url, "--token", token, stdout=stdout)
+
+
+async def _run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[int, str, str]:
+    process = await _start(*args, env=env, cwd=cwd)
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
@@ -71,20 +88,7 @@ async def test_chat_streams_the_reply_and_reports_usage(gateway: Gateway) -> Non
 
 async def test_chat_ctrl_c_stops_and_shows_what_was_kept(gateway: Gateway) -> None:
     gateway.upstream.enqueue(Script(count=500, delay_s=0.01))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tokenwire",
-        "chat",
-        "long please",
-        "--url",
-        gateway.url,
-        "--token",
-        gateway.token("alice"),
-        env={**os.environ, "JWT_SECRET": SECRET},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await _chat(gateway.url, gateway.token("alice"))
     assert process.stdout is not None
     first = await asyncio.wait_for(process.stdout.read(6), 30)
     assert first.startswith(b"token")
@@ -103,20 +107,7 @@ async def test_chat_resumes_after_a_dropped_connection(gateway: Gateway) -> None
     gateway.upstream.enqueue(Script(tokens=[f"w{i}é👋 " for i in range(150)], delay_s=0.02))
     port = int(gateway.url.rsplit(":", 1)[1])
     async with cutting_proxy(port) as proxy:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tokenwire",
-            "chat",
-            "long please",
-            "--url",
-            proxy.url,
-            "--token",
-            gateway.token("alice"),
-            env={**os.environ, "JWT_SECRET": SECRET},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await _chat(proxy.url, gateway.token("alice"))
         assert process.stdout is not None
         first = await asyncio.wait_for(process.stdout.read(20), 30)
         assert proxy.cut() >= 1
@@ -136,20 +127,7 @@ async def test_chat_into_a_closed_pipe_exits_quietly_and_the_reply_is_saved(
     """`tokenwire chat ... | head -c 20`: once the reader has gone, no traceback per chunk."""
     gateway.upstream.enqueue(Script(count=100, delay_s=0.01))
     read, write = os.pipe()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tokenwire",
-        "chat",
-        "long please",
-        "--url",
-        gateway.url,
-        "--token",
-        gateway.token("alice"),
-        env={**os.environ, "JWT_SECRET": SECRET},
-        stdout=write,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await _chat(gateway.url, gateway.token("alice"), stdout=write)
     os.close(write)
     # What `head` takes before it exits (read in a thread: the gateway runs on this loop).
     assert await asyncio.wait_for(asyncio.to_thread(os.read, read, 20), 30)

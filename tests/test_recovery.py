@@ -9,6 +9,8 @@ late, malformed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -272,21 +274,13 @@ async def test_a_long_poll_sent_again_is_answered_again(
     request), so the lean engine tells a retry and answers it with the lost
     packets again (`LeanSocket.handle_get_request`).
     """
-    gateway.upstream.enqueue(Script(count=60, delay_s=0.02))
-    port = int(gateway.url.rsplit(":", 1)[1])
-    async with cutting_proxy(port) as proxy:
-        client = Client()
-        try:
-            await client.connect(proxy.url, gateway.token("alice"), transports=["polling"])
-            ack = await client.call("chat:start", {"message": "hi"})
-            await client.wait_for("chat:message")
-            proxy.lose_response(b"chat:message")
-            await asyncio.wait_for(proxy.lost.wait(), 5)
-            end = (await client.wait_for("chat:end", timeout=15))[1]
-            assert client.sio.connected  # the client never noticed
-            _assert_whole(client, ack["messageId"], end["content"])
-        finally:
-            await client.close()
+    async with _polling_reply(gateway, Script(count=60, delay_s=0.02)) as (proxy, client, ack):
+        await client.wait_for("chat:message")
+        proxy.lose_response(b"chat:message")
+        await asyncio.wait_for(proxy.lost.wait(), 5)
+        end = (await client.wait_for("chat:end", timeout=15))[1]
+        assert client.sio.connected  # the client never noticed
+        _assert_whole(client, ack["messageId"], end["content"])
 
 
 async def test_a_long_poll_cut_while_it_waits_leaves_its_packets_to_the_retry(
@@ -297,19 +291,29 @@ async def test_a_long_poll_cut_while_it_waits_leaves_its_packets_to_the_retry(
     while the server still holds the first. The first would take the next
     packets and write them to the closed connection; it ends with a NOOP
     instead, and the retry gets them."""
-    gateway.upstream.enqueue(Script(count=12, delay_s=0.25))
+    async with _polling_reply(gateway, Script(count=12, delay_s=0.25)) as (proxy, client, ack):
+        for _ in range(3):
+            await client.wait_for("chat:message")
+            await asyncio.sleep(0.1)  # the next long-poll waits for the next token
+            assert proxy.cut() >= 1
+        end = (await client.wait_for("chat:end", timeout=20))[1]
+        _assert_whole(client, ack["messageId"], end["content"])
+
+
+@contextlib.asynccontextmanager
+async def _polling_reply(
+    gateway: Gateway, script: Script
+) -> AsyncIterator[tuple[Any, Client, dict[str, Any]]]:
+    """A long-polling client behind a cutting proxy that has started a reply of `script`:
+    the proxy, the client and the chat:start acknowledgement."""
+    gateway.upstream.enqueue(script)
     port = int(gateway.url.rsplit(":", 1)[1])
     async with cutting_proxy(port) as proxy:
         client = Client()
         try:
             await client.connect(proxy.url, gateway.token("alice"), transports=["polling"])
             ack = await client.call("chat:start", {"message": "hi"})
-            for _ in range(3):
-                await client.wait_for("chat:message")
-                await asyncio.sleep(0.1)  # the next long-poll waits for the next token
-                assert proxy.cut() >= 1
-            end = (await client.wait_for("chat:end", timeout=20))[1]
-            _assert_whole(client, ack["messageId"], end["content"])
+            yield proxy, client, ack
         finally:
             await client.close()
 
